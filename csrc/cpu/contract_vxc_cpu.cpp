@@ -1,0 +1,149 @@
+// contract_vxc on the CPU: V_ij from per-point weights, the adjoint of eval_rho in dm.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "common/basis.h"
+#include "common/checks.h"
+#include "cpu/numint_blocks.h"
+
+namespace dixc {
+namespace cpu {
+
+namespace {
+
+at::Tensor unbatch(const at::Tensor& out, const at::Tensor& wv) {
+  return wv.dim() == 2 ? out.squeeze(0) : out;
+}
+
+}  // namespace
+
+// V[b, i, j] = sum_g w0 phi_i phi_j + w_x d_x(phi_i phi_j) + w_tau 1/2 grad phi_i . grad phi_j
+//   ao (ncomp, nao, ngrid), wv ((B,) nfeat, ngrid) -> V ((B,) nao, nao), symmetric
+at::Tensor contract_vxc_cpu(const at::Tensor& ao, const at::Tensor& wv, c10::string_view xctype) {
+  const std::string xs(xctype);
+  const XCType xc = parse_xctype(xs);
+  check_float(ao, "dixc.contract_vxc", "ao");
+  check_same(ao, wv, "dixc.contract_vxc", "ao", "wv");
+  TORCH_CHECK(ao.dim() == 3, "dixc.contract_vxc: ao must be (ncomp, nao, ngrid), got ",
+              ao.sizes());
+  const int64_t need = xc == XCType::LDA ? 1 : 4;
+  TORCH_CHECK(ao.size(0) >= need, "dixc.contract_vxc: xctype='", xs, "' needs ", need,
+              " AO components (deriv >= ", ao_deriv_for(xc), "), got ao of shape ", ao.sizes());
+  const int64_t nao = ao.size(1), ngrid = ao.size(2), nfeat = n_features(xc);
+  const at::Tensor w3 = batched_wv(wv, nfeat, ngrid, "dixc.contract_vxc", xs).contiguous();
+  const int64_t nset = w3.size(0);
+  if (nset == 0 || ngrid == 0 || nao == 0) {
+    return unbatch(at::zeros({nset, nao, nao}, ao.options()), wv);
+  }
+  const at::Tensor aoc = ao.contiguous();
+  const int64_t nthread = at::get_num_threads();
+  at::Tensor partial = at::zeros({nthread, nset, nao, nao}, ao.options());
+  const int64_t nblk = (ngrid + kBlock - 1) / kBlock;
+  AT_DISPATCH_FLOATING_TYPES(ao.scalar_type(), "dixc_contract_vxc", [&] {
+    const scalar_t* a = aoc.data_ptr<scalar_t>();
+    const scalar_t* w = w3.data_ptr<scalar_t>();
+    scalar_t* part = partial.data_ptr<scalar_t>();
+    at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
+      const int64_t tid = at::get_thread_num();
+      TORCH_CHECK(tid < nthread, "dixc.contract_vxc: thread id out of range");
+      scalar_t* V = part + tid * nset * nao * nao;
+      std::vector<scalar_t> scratch;
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t g0 = blk * kBlock;
+        AOBlock<scalar_t> A;
+        for (int c = 0; c < (xc == XCType::LDA ? 1 : 4); ++c) A.comp[c] = a + c * nao * ngrid + g0;
+        A.ld = ngrid;
+        A.n = nao;
+        A.np = std::min(kBlock, ngrid - g0);
+        contract_vxc_block<scalar_t>(A, w + g0, nset, xc, nfeat * ngrid, ngrid, V, scratch);
+      }
+    });
+  });
+  return unbatch(symmetrize_partials(partial), wv);
+}
+
+// Same contract as contract_vxc with screened AOs evaluated per block from the packed basis.
+//   coords (ngrid, 3), wv ((B,) nfeat, ngrid) -> V ((B,) nao, nao)
+at::Tensor contract_vxc_fused_cpu(const at::Tensor& coords, const at::Tensor& bas,
+                                  const at::Tensor& bas_coord, const at::Tensor& prim,
+                                  const at::Tensor& c2s, const at::Tensor& rcut,
+                                  const at::Tensor& wv, c10::string_view xctype, int64_t nao,
+                                  bool cart) {
+  const std::string xs(xctype);
+  const XCType xc = parse_xctype(xs);
+  check_float(wv, "dixc.contract_vxc_fused", "wv");
+  check_float(coords, "dixc.contract_vxc_fused", "coords");
+  TORCH_CHECK(coords.dim() == 2 && coords.size(1) == 3,
+              "dixc.contract_vxc_fused: coords must be (ngrid, 3), got ", coords.sizes());
+  const at::Tensor basc = bas.contiguous(), cc = bas_coord.contiguous(), pc = prim.contiguous();
+  const at::Tensor c2c = c2s.contiguous(), rc = rcut.contiguous();
+  const BasisView B = make_basis_view(basc, cc, pc, c2c, rc, nao, cart, "dixc.contract_vxc_fused");
+  const int64_t ngrid = coords.size(0), nfeat = n_features(xc);
+  const at::Tensor w3 = batched_wv(wv, nfeat, ngrid, "dixc.contract_vxc_fused", xs).contiguous();
+  const int64_t nset = w3.size(0);
+  if (nset == 0 || ngrid == 0 || nao == 0) {
+    return unbatch(at::zeros({nset, nao, nao}, wv.options()), wv);
+  }
+  const at::Tensor xyz = coords.to(at::kDouble).contiguous();
+  const int deriv = ao_deriv_for(xc);
+  const int64_t ncomp = n_ao_components(deriv);
+  const int64_t nthread = at::get_num_threads();
+  at::Tensor partial = at::zeros({nthread, nset, nao, nao}, wv.options());
+  const int64_t nblk = (ngrid + kBlock - 1) / kBlock;
+  const double* pts = xyz.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(wv.scalar_type(), "dixc_contract_vxc_fused", [&] {
+    const scalar_t* w = w3.data_ptr<scalar_t>();
+    scalar_t* part = partial.data_ptr<scalar_t>();
+    at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
+      const int64_t tid = at::get_thread_num();
+      TORCH_CHECK(tid < nthread, "dixc.contract_vxc_fused: thread id out of range");
+      scalar_t* V = part + tid * nset * nao * nao;
+      AOWorkspace ws;
+      std::vector<int64_t> shells, rows, idx;
+      std::vector<scalar_t> aobuf, vsub, scratch;
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t g0 = blk * kBlock, np = std::min(kBlock, ngrid - g0);
+        select_shells(B, pts + 3 * g0, np, shells);
+        rows.resize(shells.size());
+        idx.clear();
+        for (size_t k = 0; k < shells.size(); ++k) {
+          rows[k] = static_cast<int64_t>(idx.size());
+          const int64_t s = shells[k];
+          for (int m = 0; m < B.nfunc(s); ++m) idx.push_back(B.ao_offset(s) + m);
+        }
+        const int64_t n = static_cast<int64_t>(idx.size());
+        if (n == 0) continue;
+        aobuf.resize(static_cast<size_t>(n * ncomp * np));
+        eval_shells<scalar_t>(B, pts + 3 * g0, np, deriv, shells.data(),
+                              static_cast<int64_t>(shells.size()), rows.data(), aobuf.data(), np,
+                              ncomp * np, ws);
+        AOBlock<scalar_t> A;
+        for (int c = 0; c < ncomp; ++c) A.comp[c] = aobuf.data() + c * np;
+        A.ld = ncomp * np;
+        A.n = n;
+        A.np = np;
+        vsub.assign(static_cast<size_t>(nset * n * n), scalar_t(0));
+        contract_vxc_block<scalar_t>(A, w + g0, nset, xc, nfeat * ngrid, ngrid, vsub.data(),
+                                     scratch);
+        for (int64_t b = 0; b < nset; ++b) {
+          const scalar_t* sb = vsub.data() + b * n * n;
+          scalar_t* vb = V + b * nao * nao;
+          for (int64_t i = 0; i < n; ++i) {
+            scalar_t* row = vb + idx[i] * nao;
+            for (int64_t k = 0; k < n; ++k) row[idx[k]] += sb[i * n + k];
+          }
+        }
+      }
+    });
+  });
+  return unbatch(symmetrize_partials(partial), wv);
+}
+
+}  // namespace cpu
+}  // namespace dixc
+
+TORCH_LIBRARY_IMPL(dixc, CPU, m) {
+  m.impl("contract_vxc", &dixc::cpu::contract_vxc_cpu);
+  m.impl("contract_vxc_fused", &dixc::cpu::contract_vxc_fused_cpu);
+}

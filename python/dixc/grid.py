@@ -1,0 +1,57 @@
+"""PySCF molecular integration grids as tensors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """Integration grid.
+
+    Attributes:
+        coords: float64 ``(ngrid, 3)`` points (Bohr), PySCF's order (grouped into spatial boxes).
+        weights: float64 ``(ngrid,)`` quadrature weights (Bohr^3).
+    """
+
+    coords: torch.Tensor
+    weights: torch.Tensor
+
+    @property
+    def ngrid(self) -> int:
+        return int(self.coords.shape[0])
+
+    def to(self, device: torch.device | str) -> Grid:
+        return Grid(self.coords.to(device), self.weights.to(device))
+
+
+def from_pyscf(grids) -> Grid:
+    """Wraps a built ``pyscf.dft.gen_grid.Grids`` (its coords and weights) as a ``Grid``."""
+    if grids.coords is None:
+        grids.build()
+    return Grid(torch.as_tensor(grids.coords, dtype=torch.float64).clone(),
+                torch.as_tensor(grids.weights, dtype=torch.float64).clone())
+
+
+def make_grid(mol, level: int = 3, prune: bool = True):
+    """Builds PySCF's molecular grid for ``mol`` (Becke partitioning, NWChem pruning by default).
+
+    Args:
+        mol: a built ``pyscf.gto.Mole``.
+        level: PySCF grid level 0-9.
+        prune: NWChem-style pruning (PySCF's default) or none.
+
+    Returns:
+        ``(grid, grids)``: the dixc ``Grid`` and the PySCF ``Grids`` it was made from (pass the
+        latter to PySCF to compare on exactly the same points).
+    """
+    from pyscf.dft import gen_grid
+
+    grids = gen_grid.Grids(mol)
+    grids.level = level
+    if not prune:
+        grids.prune = None
+    grids.build()
+    return from_pyscf(grids), grids

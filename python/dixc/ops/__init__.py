@@ -1,0 +1,133 @@
+"""Typed wrappers of the ``torch.ops.dixc`` ops.
+
+Layouts (PySCF's vocabulary, dixc's AO layout):
+    ao:  ``(ncomp, nao, ngrid)``, ncomp = 1, 4, 10 for deriv = 0, 1, 2 in PySCF's component order
+         (value, x, y, z, xx, xy, xz, yy, yz, zz). PySCF's own ``eval_gto`` returns
+         ``(ncomp, ngrid, nao)``: ``ao_pyscf.transpose(0, 2, 1)`` converts.
+    rho: ``((B,) nfeat, ngrid)``: rho, d_x rho, d_y rho, d_z rho, tau with
+         tau = 1/2 sum_i n_i |grad phi_i|^2; nfeat = 1 (LDA), 4 (GGA), 5 (MGGA).
+    wv:  per-point weights in the same layout (e.g. grid weight x dE/d feature).
+Units: Bohr for coordinates; densities in electrons / Bohr^3.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dixc.basis import Basis
+from dixc.ops import _autograd, _fake  # noqa: F401  (registration side effects)
+from dixc.ops._reference import contract_vxc_ref, eval_ao_ref, eval_rho_ref
+
+__all__ = [
+    "build_info",
+    "contract_vxc",
+    "contract_vxc_fused",
+    "contract_vxc_ref",
+    "eval_ao",
+    "eval_ao_ref",
+    "eval_rho",
+    "eval_rho_fused",
+    "eval_rho_ref",
+    "has_cuda",
+]
+
+_XCTYPES = ("LDA", "GGA", "MGGA")
+
+
+def _xc(xctype: str) -> str:
+    x = xctype.upper()
+    if x not in _XCTYPES:
+        raise ValueError(f"dixc: xctype must be one of {_XCTYPES}, got {xctype!r}")
+    return x
+
+
+def has_cuda() -> bool:
+    """Whether this build of dixc carries CUDA kernels."""
+    return bool(torch.ops.dixc.has_cuda())
+
+
+def build_info() -> str:
+    """Version, torch version built against, kernels compiled (CPU/CUDA), OpenMP."""
+    return str(torch.ops.dixc.build_info())
+
+
+def eval_ao(basis: Basis, coords: torch.Tensor, deriv: int = 0) -> torch.Tensor:
+    """AO values and derivatives on grid points.
+
+    Args:
+        basis: packed basis (``dixc.pack_basis(mol)``).
+        coords: ``(ngrid, 3)`` float64 (or float32) points, Bohr.
+        deriv: 0, 1 or 2.
+
+    Returns:
+        ``(ncomp, nao, ngrid)`` in the dtype of ``coords``; ncomp = 1, 4, 10.
+        Differentiable w.r.t. ``coords`` (first order for deriv <= 1, second for deriv 0).
+    """
+    return torch.ops.dixc.eval_ao(coords, *basis.tensors, basis.nao, int(deriv), basis.cart)
+
+
+def eval_rho(ao: torch.Tensor, dm: torch.Tensor, xctype: str = "LDA") -> torch.Tensor:
+    """Density features from density matrices and a materialised AO array.
+
+    Args:
+        ao: ``(ncomp, nao, ngrid)``; ncomp >= 4 for GGA/MGGA.
+        dm: ``(nao, nao)`` or ``(B, nao, nao)``; only its symmetric part enters (hermi=1 and
+            general density matrices both work).
+        xctype: 'LDA', 'GGA' or 'MGGA'.
+
+    Returns:
+        ``((B,) nfeat, ngrid)``. Differentiable to any order w.r.t. ``dm``.
+    """
+    return torch.ops.dixc.eval_rho(ao, dm, _xc(xctype))
+
+
+def contract_vxc(ao: torch.Tensor, wv: torch.Tensor, xctype: str = "LDA") -> torch.Tensor:
+    """V_ij = sum_g w0 phi_i phi_j + w_x d_x(phi_i phi_j) + w_tau 1/2 grad phi_i . grad phi_j.
+
+    The adjoint of ``eval_rho`` in ``dm``: ``<eval_rho(ao, D), w> = <D, contract_vxc(ao, w)>``.
+
+    Args:
+        ao: ``(ncomp, nao, ngrid)``.
+        wv: ``(nfeat, ngrid)`` or ``(B, nfeat, ngrid)``.
+        xctype: 'LDA', 'GGA' or 'MGGA'.
+
+    Returns:
+        Symmetric ``((B,) nao, nao)``. Differentiable to any order w.r.t. ``wv``.
+    """
+    return torch.ops.dixc.contract_vxc(ao, wv, _xc(xctype))
+
+
+def eval_rho_fused(
+    basis: Basis, coords: torch.Tensor, dm: torch.Tensor, xctype: str = "LDA"
+) -> torch.Tensor:
+    """``eval_rho`` with screened AOs evaluated block by block (no ``(nao, ngrid)`` array).
+
+    Args:
+        basis: packed basis.
+        coords: ``(ngrid, 3)`` grid points, Bohr.
+        dm: ``(nao, nao)`` or ``(B, nao, nao)``; B density matrices share one pass over the AOs.
+        xctype: 'LDA', 'GGA' or 'MGGA'.
+
+    Returns:
+        ``((B,) nfeat, ngrid)`` in the dtype of ``dm``.
+    """
+    return torch.ops.dixc.eval_rho_fused(coords, *basis.tensors, dm, _xc(xctype), basis.cart)
+
+
+def contract_vxc_fused(
+    basis: Basis, coords: torch.Tensor, wv: torch.Tensor, xctype: str = "LDA"
+) -> torch.Tensor:
+    """``contract_vxc`` with screened AOs evaluated block by block.
+
+    Args:
+        basis: packed basis.
+        coords: ``(ngrid, 3)`` grid points, Bohr.
+        wv: ``(nfeat, ngrid)`` or ``(B, nfeat, ngrid)``.
+        xctype: 'LDA', 'GGA' or 'MGGA'.
+
+    Returns:
+        Symmetric ``((B,) nao, nao)`` in the dtype of ``wv``.
+    """
+    return torch.ops.dixc.contract_vxc_fused(
+        coords, *basis.tensors, wv, _xc(xctype), basis.nao, basis.cart
+    )
