@@ -15,8 +15,8 @@ constexpr double kExpZero = 700.0;
 
 void check_basis_tensor(const at::Tensor& t, at::ScalarType dtype, int64_t dim, const char* op,
                         const char* name) {
-  TORCH_CHECK(t.scalar_type() == dtype, op, ": basis tensor '", name, "' must be ", dtype,
-              ", got ", t.scalar_type(), " (pack the basis with dixc.basis.pack_basis)");
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": basis tensor '", name, "' must be ", dtype, ", got ",
+              t.scalar_type(), " (pack the basis with dixc.basis.pack_basis)");
   TORCH_CHECK(t.dim() == dim, op, ": basis tensor '", name, "' must have ", dim,
               " dimensions, got shape ", t.sizes());
   TORCH_CHECK(t.device().is_cpu(), op, ": basis tensor '", name, "' must be on the CPU here, got ",
@@ -66,15 +66,16 @@ BasisView make_basis_view(const at::Tensor& bas, const at::Tensor& coord, const 
                 "; dixc supports 0 <= l <= ", kMaxL);
     lmax = std::max<int>(lmax, static_cast<int>(l));
     const int64_t np = B.nprim(s), po = B.prim_offset(s), ao = B.ao_offset(s);
-    TORCH_CHECK(np >= 1 && po >= 0 && po + np <= nprim_total, op, ": shell ", s, " has nprim = ",
-                np, ", prim_offset = ", po, " outside prim of shape ", prim.sizes());
+    TORCH_CHECK(np >= 1 && po >= 0 && po + np <= nprim_total, op, ": shell ", s,
+                " has nprim = ", np, ", prim_offset = ", po, " outside prim of shape ",
+                prim.sizes());
     TORCH_CHECK(ao >= 0 && ao + B.nfunc(s) <= nao, op, ": shell ", s, " (l = ", l,
                 ", ao_offset = ", ao, ") does not fit in nao = ", nao);
   }
   if (!cart && nshell > 0) {
     const int64_t need = B.c2s_offset[lmax] + ncart(lmax) * nsph(lmax);
-    TORCH_CHECK(c2s.numel() >= need, op, ": c2s has ", c2s.numel(),
-                " entries but l = ", lmax, " needs ", need);
+    TORCH_CHECK(c2s.numel() >= need, op, ": c2s has ", c2s.numel(), " entries but l = ", lmax,
+                " needs ", need);
   }
   return B;
 }
@@ -120,8 +121,8 @@ void eval_shells(const BasisView& B, const double* points, int64_t np, int deriv
   double* px = R2 + np;  // px[k * np + j] = dx[j]^k
   double* py = px + npow * np;
   double* pz = py + npow * np;
-  double* acc = pz + npow * np;      // (np,) one spherical function
-  double* cartbuf = acc + np;        // (ncomp, ncart, np)
+  double* acc = pz + npow * np;  // (np,) one spherical function
+  double* cartbuf = acc + np;    // (ncomp, ncart, np)
 
   for (int64_t k = 0; k < nshells; ++k) {
     const int64_t s = shells[k];
@@ -239,8 +240,7 @@ void eval_shells(const BasisView& B, const double* points, int64_t np, int deriv
 }
 
 template void eval_shells<double>(const BasisView&, const double*, int64_t, int, const int64_t*,
-                                  int64_t, const int64_t*, double*, int64_t, int64_t,
-                                  AOWorkspace&);
+                                  int64_t, const int64_t*, double*, int64_t, int64_t, AOWorkspace&);
 template void eval_shells<float>(const BasisView&, const double*, int64_t, int, const int64_t*,
                                  int64_t, const int64_t*, float*, int64_t, int64_t, AOWorkspace&);
 

@@ -15,9 +15,8 @@ inline at::Tensor wrap(const T* p, int64_t rows, int64_t cols, int64_t ld) {
 // C[M, N] = beta * C + alpha * op(A) @ op(B); op(A) is (M, K), op(B) is (K, N).
 // A is stored row-major as (M, K) with leading dimension lda, or as (K, M) when trans_a.
 template <typename T>
-inline void gemm_rm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-                    bool trans_a, const T* B, int64_t ldb, bool trans_b, T beta, T* C,
-                    int64_t ldc) {
+inline void gemm_rm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, bool trans_a,
+                    const T* B, int64_t ldb, bool trans_b, T beta, T* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
   at::Tensor c = wrap(C, M, N, ldc);
   if (K == 0) {

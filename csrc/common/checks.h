@@ -18,17 +18,13 @@ inline XCType parse_xctype(const std::string& s) {
 }
 
 // Number of feature rows eval_rho returns (and contract_vxc takes) for an xctype.
-inline int64_t n_features(XCType t) {
-  return t == XCType::LDA ? 1 : (t == XCType::GGA ? 4 : 5);
-}
+inline int64_t n_features(XCType t) { return t == XCType::LDA ? 1 : (t == XCType::GGA ? 4 : 5); }
 
 // AO derivative order an xctype needs.
 inline int ao_deriv_for(XCType t) { return t == XCType::LDA ? 0 : 1; }
 
 // Number of AO components (value, first, second derivatives) for deriv = 0, 1, 2.
-inline int64_t n_ao_components(int64_t deriv) {
-  return deriv == 0 ? 1 : (deriv == 1 ? 4 : 10);
-}
+inline int64_t n_ao_components(int64_t deriv) { return deriv == 0 ? 1 : (deriv == 1 ? 4 : 10); }
 
 inline void check_float(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kDouble || t.scalar_type() == at::kFloat, op, ": ", name,
@@ -37,8 +33,8 @@ inline void check_float(const at::Tensor& t, const char* op, const char* name) {
 
 inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* op, const char* na,
                        const char* nb) {
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": ", na, " (", a.scalar_type(), ") and ",
-              nb, " (", b.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": ", na, " (", a.scalar_type(), ") and ", nb,
+              " (", b.scalar_type(), ") must have the same dtype");
   TORCH_CHECK(a.device() == b.device(), op, ": ", na, " is on ", a.device(), " but ", nb, " is on ",
               b.device());
 }

@@ -25,8 +25,7 @@ at::Tensor contract_vxc_cpu(const at::Tensor& ao, const at::Tensor& wv, c10::str
   const XCType xc = parse_xctype(xs);
   check_float(ao, "dixc.contract_vxc", "ao");
   check_same(ao, wv, "dixc.contract_vxc", "ao", "wv");
-  TORCH_CHECK(ao.dim() == 3, "dixc.contract_vxc: ao must be (ncomp, nao, ngrid), got ",
-              ao.sizes());
+  TORCH_CHECK(ao.dim() == 3, "dixc.contract_vxc: ao must be (ncomp, nao, ngrid), got ", ao.sizes());
   const int64_t need = xc == XCType::LDA ? 1 : 4;
   TORCH_CHECK(ao.size(0) >= need, "dixc.contract_vxc: xctype='", xs, "' needs ", need,
               " AO components (deriv >= ", ao_deriv_for(xc), "), got ao of shape ", ao.sizes());

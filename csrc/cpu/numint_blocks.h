@@ -79,8 +79,8 @@ void eval_rho_block(const AOBlock<T>& A, const T* dm, int64_t nset, XCType xc, T
 //   V'_ij += sum_j phi_i (1/2 w0 phi_j + w_x d_x phi_j) + 1/4 w_tau grad(phi_i) . grad(phi_j).
 // wv + b * bstride + f * fstride + j is weight f of point j; vhalf + b * n * n receives V'[b].
 template <typename T>
-void contract_vxc_block(const AOBlock<T>& A, const T* wv, int64_t nset, XCType xc,
-                        int64_t bstride, int64_t fstride, T* vhalf, std::vector<T>& scratch) {
+void contract_vxc_block(const AOBlock<T>& A, const T* wv, int64_t nset, XCType xc, int64_t bstride,
+                        int64_t fstride, T* vhalf, std::vector<T>& scratch) {
   const int64_t n = A.n, np = A.np;
   scratch.resize(static_cast<size_t>(n * np));
   T* W = scratch.data();

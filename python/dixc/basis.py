@@ -58,7 +58,9 @@ class Basis:
         return self.bas.device
 
     @property
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def tensors(
+        self,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The five tensors in op-argument order ``(bas, bas_coord, prim, c2s, rcut)``."""
         return (self.bas, self.bas_coord, self.prim, self.c2s, self.rcut)
 
@@ -81,7 +83,9 @@ def cart2sph_tables(max_l: int = MAX_L) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _screening_radius(l: int, exps: np.ndarray, coefs: np.ndarray, scale: float, cutoff: float) -> float:
+def _screening_radius(
+    l: int, exps: np.ndarray, coefs: np.ndarray, scale: float, cutoff: float
+) -> float:
     """Largest r at which a bound on |chi|, |grad chi| and |d2 chi| of the shell reaches cutoff."""
     r = np.linspace(0.0, 80.0, 3201)[:, None]  # step 0.025 Bohr
     a = exps[None, :]
@@ -117,7 +121,7 @@ def pack_basis(mol, cutoff: float = 1e-14, dtype: torch.dtype = torch.float64) -
     Raises:
         ValueError: a shell with l > 6, or an unbuilt ``Mole``.
     """
-    if getattr(mol, "_bas", None) is None or len(mol._bas) == 0 and mol.natm > 0:
+    if getattr(mol, "_bas", None) is None or (len(mol._bas) == 0 and mol.natm > 0):
         raise ValueError("dixc.pack_basis: the Mole has no basis; call mol.build() first")
     c2s = cart2sph_tables()
     c2s_abs = {}
@@ -132,9 +136,10 @@ def pack_basis(mol, cutoff: float = 1e-14, dtype: torch.dtype = torch.float64) -
     for ib in range(mol.nbas):
         l = int(mol.bas_angular(ib))
         if l > MAX_L:
+            atom = mol.bas_atom(ib)
             raise ValueError(
-                f"dixc.pack_basis: shell {ib} of atom {mol.bas_atom(ib)} ({mol.atom_symbol(mol.bas_atom(ib))}) "
-                f"has l = {l}; dixc supports l <= {MAX_L}. Use a smaller basis."
+                f"dixc.pack_basis: shell {ib} of atom {atom} ({mol.atom_symbol(atom)}) has "
+                f"l = {l}; dixc supports l <= {MAX_L}. Use a smaller basis."
             )
         exps = np.asarray(mol.bas_exp(ib), dtype=np.float64)
         ctr = np.asarray(mol._libcint_ctr_coeff(ib), dtype=np.float64)  # (nprim, nctr)

@@ -11,8 +11,13 @@ import time
 import torch
 
 
-def run(molecule: str = "qm9_acetamide", basis: str = "def2-svp", xc: str = "PBE", level: int = 3,
-        conv_tol: float = 1e-11) -> dict:
+def run(
+    molecule: str = "qm9_acetamide",
+    basis: str = "def2-svp",
+    xc: str = "PBE",
+    level: int = 3,
+    conv_tol: float = 1e-11,
+) -> dict:
     """Runs PySCF RKS twice on the same grid: with PySCF's numint and with dixc's kernels.
 
     Returns:

@@ -31,8 +31,10 @@ def from_pyscf(grids) -> Grid:
     """Wraps a built ``pyscf.dft.gen_grid.Grids`` (its coords and weights) as a ``Grid``."""
     if grids.coords is None:
         grids.build()
-    return Grid(torch.as_tensor(grids.coords, dtype=torch.float64).clone(),
-                torch.as_tensor(grids.weights, dtype=torch.float64).clone())
+    return Grid(
+        torch.as_tensor(grids.coords, dtype=torch.float64).clone(),
+        torch.as_tensor(grids.weights, dtype=torch.float64).clone(),
+    )
 
 
 def make_grid(mol, level: int = 3, prune: bool = True):

@@ -70,8 +70,11 @@ def alkane(n: int) -> str:
     if n == 1:
         h = 1.09 / math.sqrt(3.0)
         return "\n".join(
-            ["C 0.0 0.0 0.0"] + [f"H {a * h: .6f} {b * h: .6f} {a * b * h: .6f}" for a, b in
-                                 ((1, 1), (1, -1), (-1, 1), (-1, -1))]
+            ["C 0.0 0.0 0.0"]
+            + [
+                f"H {a * h: .6f} {b * h: .6f} {a * b * h: .6f}"
+                for a, b in ((1, 1), (1, -1), (-1, 1), (-1, -1))
+            ]
         )
     cc, chb = 1.53, 1.09
     half = math.radians(109.47) / 2
@@ -109,8 +112,9 @@ def get(name: str) -> str:
     try:
         return MOLECULES[name]
     except KeyError:
-        raise KeyError(f"dixc.molecules: unknown molecule {name!r}; known: {sorted(MOLECULES)} "
-                       "or alkane<n>") from None
+        raise KeyError(
+            f"dixc.molecules: unknown molecule {name!r}; known: {sorted(MOLECULES)} or alkane<n>"
+        ) from None
 
 
 def mole(name: str, basis: str = "def2-svp", cart: bool = False, **kwargs):

@@ -31,7 +31,13 @@ class DixcNumInt(numint.NumInt):
     def _prepare(self, mol, grids) -> tuple[Basis, torch.Tensor, torch.Tensor]:
         if grids.coords is None:
             grids.build()
-        key = (id(mol), mol._bas.tobytes(), mol._env.tobytes(), id(grids.coords), grids.coords.shape)
+        key = (
+            id(mol),
+            mol._bas.tobytes(),
+            mol._env.tobytes(),
+            id(grids.coords),
+            grids.coords.shape,
+        )
         if key != self._cache_key:
             self._cache = (
                 pack_basis(mol),
@@ -42,8 +48,9 @@ class DixcNumInt(numint.NumInt):
         assert self._cache is not None
         return self._cache
 
-    def nr_rks(self, mol, grids, xc_code, dms, relativity=0, hermi=1, max_memory=2000,
-               verbose=None):
+    def nr_rks(
+        self, mol, grids, xc_code, dms, relativity=0, hermi=1, max_memory=2000, verbose=None
+    ):
         """Restricted XC electron count, energy and V_xc, as ``NumInt.nr_rks`` returns them."""
         xctype = self._xc_type(xc_code)
         dm = np.asarray(dms)

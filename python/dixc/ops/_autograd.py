@@ -54,7 +54,7 @@ def _eval_ao_backward(ctx, grad):
 
 # --- eval_rho / contract_vxc -------------------------------------------------------------------
 def _eval_rho_setup(ctx, inputs, output):
-    ao, dm, xctype = inputs
+    ao, _dm, xctype = inputs
     ctx.save_for_backward(ao)
     ctx.xctype = xctype
 
@@ -67,7 +67,7 @@ def _eval_rho_backward(ctx, grad):
 
 
 def _contract_vxc_setup(ctx, inputs, output):
-    ao, wv, xctype = inputs
+    ao, _wv, xctype = inputs
     ctx.save_for_backward(ao)
     ctx.xctype = xctype
 
@@ -98,7 +98,7 @@ def _eval_rho_fused_backward(ctx, grad):
 
 
 def _contract_vxc_fused_setup(ctx, inputs, output):
-    coords, bas, bas_coord, prim, c2s, rcut, wv, xctype, nao, cart = inputs
+    coords, bas, bas_coord, prim, c2s, rcut, _wv, xctype, _nao, cart = inputs
     ctx.save_for_backward(coords, bas, bas_coord, prim, c2s, rcut)
     ctx.xctype, ctx.cart = xctype, cart
 
@@ -108,7 +108,9 @@ def _contract_vxc_fused_backward(ctx, grad):
     _refuse(ctx, range(6), "contract_vxc_fused", "coords and the basis tensors")
     gwv = None
     if ctx.needs_input_grad[6]:
-        gwv = ops.eval_rho_fused(coords, bas, bas_coord, prim, c2s, rcut, grad, ctx.xctype, ctx.cart)
+        gwv = ops.eval_rho_fused(
+            coords, bas, bas_coord, prim, c2s, rcut, grad, ctx.xctype, ctx.cart
+        )
     return None, None, None, None, None, None, gwv, None, None, None
 
 
@@ -121,5 +123,7 @@ torch.library.register_autograd(
     "dixc::eval_rho_fused", _eval_rho_fused_backward, setup_context=_eval_rho_fused_setup
 )
 torch.library.register_autograd(
-    "dixc::contract_vxc_fused", _contract_vxc_fused_backward, setup_context=_contract_vxc_fused_setup
+    "dixc::contract_vxc_fused",
+    _contract_vxc_fused_backward,
+    setup_context=_contract_vxc_fused_setup,
 )

@@ -37,7 +37,10 @@ def eval_ao_ref(basis: Basis, coords: torch.Tensor, deriv: int = 0) -> torch.Ten
         c = basis.prim[po : po + nprim, 1]
         radial = (c[None, :] * torch.exp(-a[None, :] * r2[:, None])).sum(1)
         cart = torch.stack(
-            [d[:, 0] ** lx * d[:, 1] ** ly * d[:, 2] ** lz * radial for lx, ly, lz in _cart_exponents(l)]
+            [
+                d[:, 0] ** lx * d[:, 1] ** ly * d[:, 2] ** lz * radial
+                for lx, ly, lz in _cart_exponents(l)
+            ]
         )
         if basis.cart or l < 2:
             funcs = cart
