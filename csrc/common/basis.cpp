@@ -3,6 +3,8 @@
 
 #include "common/checks.h"
 
+#include <cstring>
+
 namespace dixc {
 
 namespace {
@@ -103,13 +105,121 @@ void select_shells(const BasisView& B, const double* points, int64_t np,
   }
 }
 
+// exp(x) for x in [-kExpZero, 0], branch-free so that loops over points vectorise:
+// x = n ln2 + r, |r| <= ln2 / 2, exp(r) by its Taylor series to degree 13 (truncation < 1e-17
+// relative), 2^n assembled in the exponent bits. Agrees with std::exp to a few ulp.
+static inline double exp_nonpositive(double x) {
+  constexpr double kLog2e = 1.4426950408889634;
+  constexpr double kLn2Hi = 6.93147180369123816490e-01;
+  constexpr double kLn2Lo = 1.90821492927058770002e-10;
+  constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
+  const double n = (x * kLog2e + kRound) - kRound;
+  const double r = (x - n * kLn2Hi) - n * kLn2Lo;
+  double p = 1.0 / 6227020800.0;  // 1/13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  const int64_t bits = static_cast<int64_t>(static_cast<int32_t>(n) + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// R_k[j] += (-2a)^k c exp(-a r2[j]) for k = 0..deriv.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+static void accumulate_radial(int64_t np, const double* __restrict r2, double a, double c,
+                              int deriv, double* __restrict R0, double* __restrict R1,
+                              double* __restrict R2) {
+  const double m2a = -2.0 * a, a4 = 4.0 * a * a;
+  for (int64_t j = 0; j < np; ++j) {
+    const double ar = std::min(a * r2[j], kExpZero);
+    const double e = ar < kExpZero ? c * exp_nonpositive(-ar) : 0.0;
+    R0[j] += e;
+    if (deriv >= 1) R1[j] += m2a * e;
+    if (deriv >= 2) R2[j] += a4 * e;
+  }
+}
+
+// Cartesian function x^lx y^ly z^lz R(r^2) and its derivatives up to `deriv` at np points.
+// P0/P1/P2 hold per axis the monomial x^l, l x^(l-1), l (l-1) x^(l-2) (zeros where absent).
+// out[c * ostride + j] receives component c.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+static void cart_function(int64_t np, int deriv, const double* __restrict X0,
+                          const double* __restrict Y0, const double* __restrict Z0,
+                          const double* __restrict X1, const double* __restrict Y1,
+                          const double* __restrict Z1, const double* __restrict X2,
+                          const double* __restrict Y2, const double* __restrict Z2,
+                          const double* __restrict dx, const double* __restrict dy,
+                          const double* __restrict dz, const double* __restrict R0,
+                          const double* __restrict R1, const double* __restrict R2,
+                          double* __restrict out, int64_t ostride) {
+  if (deriv == 0) {
+    for (int64_t j = 0; j < np; ++j) out[j] = X0[j] * Y0[j] * Z0[j] * R0[j];
+    return;
+  }
+  double* __restrict o0 = out;
+  double* __restrict o1 = out + ostride;
+  double* __restrict o2 = out + 2 * ostride;
+  double* __restrict o3 = out + 3 * ostride;
+  if (deriv == 1) {
+    for (int64_t j = 0; j < np; ++j) {
+      // d/dx (M R) = M_x R0 + x M R1 with M = x^lx y^ly z^lz.
+      const double xm = X0[j], ym = Y0[j], zm = Z0[j];
+      const double M = xm * ym * zm, r0 = R0[j], mr1 = M * R1[j];
+      o0[j] = M * r0;
+      o1[j] = X1[j] * ym * zm * r0 + dx[j] * mr1;
+      o2[j] = xm * Y1[j] * zm * r0 + dy[j] * mr1;
+      o3[j] = xm * ym * Z1[j] * r0 + dz[j] * mr1;
+    }
+    return;
+  }
+  double* __restrict o4 = out + 4 * ostride;
+  double* __restrict o5 = out + 5 * ostride;
+  double* __restrict o6 = out + 6 * ostride;
+  double* __restrict o7 = out + 7 * ostride;
+  double* __restrict o8 = out + 8 * ostride;
+  double* __restrict o9 = out + 9 * ostride;
+  for (int64_t j = 0; j < np; ++j) {
+    const double xm = X0[j], ym = Y0[j], zm = Z0[j];
+    const double x = dx[j], y = dy[j], z = dz[j];
+    const double r0 = R0[j], r1 = R1[j], r2 = R2[j];
+    const double M = xm * ym * zm;
+    const double Mx = X1[j] * ym * zm, My = xm * Y1[j] * zm, Mz = xm * ym * Z1[j];
+    o0[j] = M * r0;
+    o1[j] = Mx * r0 + x * M * r1;
+    o2[j] = My * r0 + y * M * r1;
+    o3[j] = Mz * r0 + z * M * r1;
+    o4[j] = X2[j] * ym * zm * r0 + (2.0 * x * Mx + M) * r1 + x * x * M * r2;
+    o5[j] = X1[j] * Y1[j] * zm * r0 + (y * Mx + x * My) * r1 + x * y * M * r2;
+    o6[j] = X1[j] * ym * Z1[j] * r0 + (z * Mx + x * Mz) * r1 + x * z * M * r2;
+    o7[j] = xm * Y2[j] * zm * r0 + (2.0 * y * My + M) * r1 + y * y * M * r2;
+    o8[j] = xm * Y1[j] * Z1[j] * r0 + (z * My + y * Mz) * r1 + y * z * M * r2;
+    o9[j] = xm * ym * Z2[j] * r0 + (2.0 * z * Mz + M) * r1 + z * z * M * r2;
+  }
+}
+
 template <typename T>
 void eval_shells(const BasisView& B, const double* points, int64_t np, int deriv,
                  const int64_t* shells, int64_t nshells, const int64_t* rows, T* out,
                  int64_t cstride, int64_t rstride, AOWorkspace& ws) {
   const int64_t ncomp = n_ao_components(deriv);
   const int64_t npow = kMaxL + 1;
-  const size_t need = static_cast<size_t>(np) * (8 + 3 * npow + ncomp * ncart(kMaxL));
+  // Per axis: powers p[q] = x^q, first-derivative factors q x^(q-1), second q (q-1) x^(q-2).
+  const size_t need = static_cast<size_t>(np) * (9 + 9 * npow + ncomp * ncart(kMaxL));
   if (ws.buf.size() < need) ws.buf.resize(need);
   double* dx = ws.buf.data();
   double* dy = dx + np;
@@ -118,11 +228,17 @@ void eval_shells(const BasisView& B, const double* points, int64_t np, int deriv
   double* R0 = r2 + np;  // sum_p c_p exp(-a_p r^2)
   double* R1 = R0 + np;  // sum_p (-2 a_p) c_p exp(-a_p r^2)
   double* R2 = R1 + np;  // sum_p (4 a_p^2) c_p exp(-a_p r^2)
-  double* px = R2 + np;  // px[k * np + j] = dx[j]^k
-  double* py = px + npow * np;
-  double* pz = py + npow * np;
-  double* acc = pz + npow * np;  // (np,) one spherical function
-  double* cartbuf = acc + np;    // (ncomp, ncart, np)
+  double* acc = R2 + np;
+  double* zeros = acc + np;
+  double* pw[3][3];  // pw[axis][order] -> (npow, np)
+  {
+    double* p = zeros + np;
+    for (int ax = 0; ax < 3; ++ax)
+      for (int o = 0; o < 3; ++o, p += npow * np) pw[ax][o] = p;
+  }
+  double* cartbuf = pw[2][2] + npow * np;  // (ncomp, ncart, np)
+  for (int64_t j = 0; j < np; ++j) zeros[j] = 0.0;
+  const double* d[3] = {dx, dy, dz};
 
   for (int64_t k = 0; k < nshells; ++k) {
     const int64_t s = shells[k];
@@ -143,83 +259,45 @@ void eval_shells(const BasisView& B, const double* points, int64_t np, int deriv
     for (int64_t p = 0; p < B.nprim(s); ++p) {
       const double a = pr[2 * p], c = pr[2 * p + 1];
       if (a * r2min > kExpCut) continue;
-      const double m2a = -2.0 * a, a4 = 4.0 * a * a;
+      accumulate_radial(np, r2, a, c, deriv, R0, R1, R2);
+    }
+    for (int ax = 0; ax < 3; ++ax) {
+      double* P0 = pw[ax][0];
+      double* P1 = pw[ax][1];
+      double* P2 = pw[ax][2];
       for (int64_t j = 0; j < np; ++j) {
-        const double ar = a * r2[j];
-        const double e = ar < kExpZero ? c * std::exp(-ar) : 0.0;
-        R0[j] += e;
-        if (deriv >= 1) R1[j] += m2a * e;
-        if (deriv >= 2) R2[j] += a4 * e;
+        P0[j] = 1.0;
+        P1[j] = 0.0;
+        P2[j] = 0.0;
+      }
+      for (int q = 1; q <= l; ++q) {
+        for (int64_t j = 0; j < np; ++j) {
+          P0[q * np + j] = P0[(q - 1) * np + j] * d[ax][j];
+          P1[q * np + j] = q * P0[(q - 1) * np + j];
+          P2[q * np + j] = q >= 2 ? q * (q - 1) * P0[(q - 2) * np + j] : 0.0;
+        }
       }
     }
-    for (int64_t j = 0; j < np; ++j) {
-      px[j] = py[j] = pz[j] = 1.0;
-    }
-    for (int q = 1; q <= l; ++q) {
-      for (int64_t j = 0; j < np; ++j) {
-        px[q * np + j] = px[(q - 1) * np + j] * dx[j];
-        py[q * np + j] = py[(q - 1) * np + j] * dy[j];
-        pz[q * np + j] = pz[(q - 1) * np + j] * dz[j];
-      }
-    }
-
-    const bool direct = B.cart || l < 2;
     const int nc = ncart(l);
     int ic = 0;
     for (int lx = l; lx >= 0; --lx) {
       for (int ly = l - lx; ly >= 0; --ly, ++ic) {
         const int lz = l - lx - ly;
-        const double* X0 = px + lx * np;
-        const double* Y0 = py + ly * np;
-        const double* Z0 = pz + lz * np;
-        const double* X1 = lx >= 1 ? px + (lx - 1) * np : nullptr;
-        const double* Y1 = ly >= 1 ? py + (ly - 1) * np : nullptr;
-        const double* Z1 = lz >= 1 ? pz + (lz - 1) * np : nullptr;
-        const double* X2 = lx >= 2 ? px + (lx - 2) * np : nullptr;
-        const double* Y2 = ly >= 2 ? py + (ly - 2) * np : nullptr;
-        const double* Z2 = lz >= 2 ? pz + (lz - 2) * np : nullptr;
-        double v[kMaxComp];
-        for (int64_t j = 0; j < np; ++j) {
-          const double xm = X0[j], ym = Y0[j], zm = Z0[j];
-          const double M = xm * ym * zm;
-          v[0] = M * R0[j];
-          if (deriv >= 1) {
-            // d/dx (M R) = M_x R0 + x M R1, with M_x = lx x^(lx-1) y^ly z^lz.
-            const double Mx = X1 ? lx * X1[j] * ym * zm : 0.0;
-            const double My = Y1 ? ly * xm * Y1[j] * zm : 0.0;
-            const double Mz = Z1 ? lz * xm * ym * Z1[j] : 0.0;
-            const double x = dx[j], y = dy[j], z = dz[j];
-            const double r1 = R1[j];
-            v[1] = Mx * R0[j] + x * M * r1;
-            v[2] = My * R0[j] + y * M * r1;
-            v[3] = Mz * R0[j] + z * M * r1;
-            if (deriv >= 2) {
-              const double r0 = R0[j], rr2 = R2[j];
-              const double Mxx = X2 ? lx * (lx - 1) * X2[j] * ym * zm : 0.0;
-              const double Myy = Y2 ? ly * (ly - 1) * xm * Y2[j] * zm : 0.0;
-              const double Mzz = Z2 ? lz * (lz - 1) * xm * ym * Z2[j] : 0.0;
-              const double Mxy = (X1 && Y1) ? lx * ly * X1[j] * Y1[j] * zm : 0.0;
-              const double Mxz = (X1 && Z1) ? lx * lz * X1[j] * ym * Z1[j] : 0.0;
-              const double Myz = (Y1 && Z1) ? ly * lz * xm * Y1[j] * Z1[j] : 0.0;
-              v[4] = Mxx * r0 + (2.0 * x * Mx + M) * r1 + x * x * M * rr2;
-              v[5] = Mxy * r0 + (y * Mx + x * My) * r1 + x * y * M * rr2;
-              v[6] = Mxz * r0 + (z * Mx + x * Mz) * r1 + x * z * M * rr2;
-              v[7] = Myy * r0 + (2.0 * y * My + M) * r1 + y * y * M * rr2;
-              v[8] = Myz * r0 + (z * My + y * Mz) * r1 + y * z * M * rr2;
-              v[9] = Mzz * r0 + (2.0 * z * Mz + M) * r1 + z * z * M * rr2;
-            }
-          }
-          if (direct) {
-            T* o = out + (rows[k] + ic) * rstride + j;
-            for (int64_t c = 0; c < ncomp; ++c) o[c * cstride] = static_cast<T>(v[c]);
-          } else {
-            double* o = cartbuf + ic * np + j;
-            for (int64_t c = 0; c < ncomp; ++c) o[c * nc * np] = v[c];
-          }
-        }
+        cart_function(np, deriv, pw[0][0] + lx * np, pw[1][0] + ly * np, pw[2][0] + lz * np,
+                      pw[0][1] + lx * np, pw[1][1] + ly * np, pw[2][1] + lz * np,
+                      pw[0][2] + lx * np, pw[1][2] + ly * np, pw[2][2] + lz * np, dx, dy, dz, R0,
+                      R1, R2, cartbuf + ic * np, nc * np);
       }
     }
-    if (!direct) {
+    if (B.cart || l < 2) {
+      for (int64_t c = 0; c < ncomp; ++c) {
+        for (int i = 0; i < nc; ++i) {
+          const double* src = cartbuf + (c * nc + i) * np;
+          T* o = out + c * cstride + (rows[k] + i) * rstride;
+          for (int64_t j = 0; j < np; ++j) o[j] = static_cast<T>(src[j]);
+        }
+      }
+    } else {
       const int ns = nsph(l);
       const double* tab = B.c2s + B.c2s_offset[l];  // (ncart, nsph)
       for (int64_t c = 0; c < ncomp; ++c) {
