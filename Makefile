@@ -28,7 +28,7 @@ install: $(DEPS)
 	$(PIP) install -q --no-build-isolation --no-deps .
 
 demo: install
-	cd /tmp && $(abspath $(BIN))/dixc demo
+	$(BIN)/dixc demo
 
 test: install
 	$(BIN)/python -m pytest

@@ -49,7 +49,7 @@ TORCH_LIBRARY(dixc, m) {
   m.def("contract_vxc(Tensor ao, Tensor wv, str xctype) -> Tensor");
   m.def(
       "eval_rho_fused(Tensor coords, Tensor bas, Tensor bas_coord, Tensor prim, Tensor c2s, "
-      "Tensor rcut, Tensor dm, str xctype, bool cart) -> Tensor");
+      "Tensor rcut, Tensor dm, str xctype, int nao, bool cart) -> Tensor");
   m.def(
       "contract_vxc_fused(Tensor coords, Tensor bas, Tensor bas_coord, Tensor prim, Tensor c2s, "
       "Tensor rcut, Tensor wv, str xctype, int nao, bool cart) -> Tensor");

@@ -62,18 +62,26 @@ BasisView make_basis_view(const at::Tensor& bas, const at::Tensor& coord, const 
   }
   int lmax = 0;
   const int64_t nprim_total = prim.size(0);
+  int64_t next_ao = 0;  // shells' AOs must follow each other and end exactly at nao
   for (int64_t s = 0; s < nshell; ++s) {
     const int64_t l = B.bas[4 * s];
     TORCH_CHECK(l >= 0 && l <= kMaxL, op, ": shell ", s, " has angular momentum l = ", l,
                 "; dixc supports 0 <= l <= ", kMaxL);
     lmax = std::max<int>(lmax, static_cast<int>(l));
     const int64_t np = B.nprim(s), po = B.prim_offset(s), ao = B.ao_offset(s);
-    TORCH_CHECK(np >= 1 && po >= 0 && po + np <= nprim_total, op, ": shell ", s,
-                " has nprim = ", np, ", prim_offset = ", po, " outside prim of shape ",
+    // Compared by subtraction so that offsets near INT64_MAX cannot wrap around.
+    TORCH_CHECK(np >= 1 && np <= nprim_total && po >= 0 && po <= nprim_total - np, op, ": shell ",
+                s, " has nprim = ", np, ", prim_offset = ", po, " outside prim of shape ",
                 prim.sizes());
-    TORCH_CHECK(ao >= 0 && ao + B.nfunc(s) <= nao, op, ": shell ", s, " (l = ", l,
-                ", ao_offset = ", ao, ") does not fit in nao = ", nao);
+    TORCH_CHECK(ao == next_ao, op, ": shell ", s, " (l = ", l, ") has ao_offset = ", ao,
+                " but the previous shells end at AO ", next_ao,
+                " (is the `cart` flag the one the basis was packed with?)");
+    TORCH_CHECK(B.nfunc(s) <= nao - ao, op, ": shell ", s, " (l = ", l, ", ao_offset = ", ao,
+                ") does not fit in nao = ", nao);
+    next_ao = ao + B.nfunc(s);
   }
+  TORCH_CHECK(next_ao == nao, op, ": the basis has ", next_ao, " AOs but nao = ", nao,
+              " was given (the density matrix / weights do not belong to this basis)");
   if (!cart && nshell > 0) {
     const int64_t need = B.c2s_offset[lmax] + ncart(lmax) * nsph(lmax);
     TORCH_CHECK(c2s.numel() >= need, op, ": c2s has ", c2s.numel(), " entries but l = ", lmax,

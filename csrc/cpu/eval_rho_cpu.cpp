@@ -69,15 +69,12 @@ at::Tensor eval_rho_cpu(const at::Tensor& ao, const at::Tensor& dm, c10::string_
 at::Tensor eval_rho_fused_cpu(const at::Tensor& coords, const at::Tensor& bas,
                               const at::Tensor& bas_coord, const at::Tensor& prim,
                               const at::Tensor& c2s, const at::Tensor& rcut, const at::Tensor& dm,
-                              c10::string_view xctype, bool cart) {
+                              c10::string_view xctype, int64_t nao, bool cart) {
   const XCType xc = parse_xctype(std::string(xctype));
   check_float(dm, "dixc.eval_rho_fused", "dm");
   check_float(coords, "dixc.eval_rho_fused", "coords");
   TORCH_CHECK(coords.dim() == 2 && coords.size(1) == 3,
               "dixc.eval_rho_fused: coords must be (ngrid, 3), got ", coords.sizes());
-  TORCH_CHECK(dm.dim() >= 2, "dixc.eval_rho_fused: dm must be (nao, nao) or (B, nao, nao), got ",
-              dm.sizes());
-  const int64_t nao = dm.size(-1);
   const at::Tensor basc = bas.contiguous(), cc = bas_coord.contiguous(), pc = prim.contiguous();
   const at::Tensor c2c = c2s.contiguous(), rc = rcut.contiguous();
   const BasisView B = make_basis_view(basc, cc, pc, c2c, rc, nao, cart, "dixc.eval_rho_fused");

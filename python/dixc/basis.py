@@ -121,8 +121,8 @@ def pack_basis(mol, cutoff: float = 1e-14, dtype: torch.dtype = torch.float64) -
     Raises:
         ValueError: a shell with l > 6, or an unbuilt ``Mole``.
     """
-    if getattr(mol, "_bas", None) is None or (len(mol._bas) == 0 and mol.natm > 0):
-        raise ValueError("dixc.pack_basis: the Mole has no basis; call mol.build() first")
+    if not getattr(mol, "_built", False) or getattr(mol, "_bas", None) is None:
+        raise ValueError("dixc.pack_basis: the Mole is not built; call mol.build() first")
     c2s = cart2sph_tables()
     c2s_abs = {}
     off = 0

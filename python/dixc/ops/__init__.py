@@ -111,7 +111,9 @@ def eval_rho_fused(
     Returns:
         ``((B,) nfeat, ngrid)`` in the dtype of ``dm``.
     """
-    return torch.ops.dixc.eval_rho_fused(coords, *basis.tensors, dm, _xc(xctype), basis.cart)
+    return torch.ops.dixc.eval_rho_fused(
+        coords, *basis.tensors, dm, _xc(xctype), basis.nao, basis.cart
+    )
 
 
 def contract_vxc_fused(

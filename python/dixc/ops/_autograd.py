@@ -81,9 +81,9 @@ def _contract_vxc_backward(ctx, grad):
 
 # --- fused pair --------------------------------------------------------------------------------
 def _eval_rho_fused_setup(ctx, inputs, output):
-    coords, bas, bas_coord, prim, c2s, rcut, dm, xctype, cart = inputs
+    coords, bas, bas_coord, prim, c2s, rcut, _dm, xctype, nao, cart = inputs
     ctx.save_for_backward(coords, bas, bas_coord, prim, c2s, rcut)
-    ctx.xctype, ctx.cart, ctx.nao = xctype, cart, dm.shape[-1]
+    ctx.xctype, ctx.cart, ctx.nao = xctype, cart, nao
 
 
 def _eval_rho_fused_backward(ctx, grad):
@@ -94,13 +94,13 @@ def _eval_rho_fused_backward(ctx, grad):
         gdm = ops.contract_vxc_fused(
             coords, bas, bas_coord, prim, c2s, rcut, grad, ctx.xctype, ctx.nao, ctx.cart
         )
-    return None, None, None, None, None, None, gdm, None, None
+    return None, None, None, None, None, None, gdm, None, None, None
 
 
 def _contract_vxc_fused_setup(ctx, inputs, output):
-    coords, bas, bas_coord, prim, c2s, rcut, _wv, xctype, _nao, cart = inputs
+    coords, bas, bas_coord, prim, c2s, rcut, _wv, xctype, nao, cart = inputs
     ctx.save_for_backward(coords, bas, bas_coord, prim, c2s, rcut)
-    ctx.xctype, ctx.cart = xctype, cart
+    ctx.xctype, ctx.cart, ctx.nao = xctype, cart, nao
 
 
 def _contract_vxc_fused_backward(ctx, grad):
@@ -109,7 +109,7 @@ def _contract_vxc_fused_backward(ctx, grad):
     gwv = None
     if ctx.needs_input_grad[6]:
         gwv = ops.eval_rho_fused(
-            coords, bas, bas_coord, prim, c2s, rcut, grad, ctx.xctype, ctx.cart
+            coords, bas, bas_coord, prim, c2s, rcut, grad, ctx.xctype, ctx.nao, ctx.cart
         )
     return None, None, None, None, None, None, gwv, None, None, None
 

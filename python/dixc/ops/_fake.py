@@ -41,9 +41,10 @@ def _contract_vxc_fake(ao, wv, xctype):
 
 
 @torch.library.register_fake("dixc::eval_rho_fused")
-def _eval_rho_fused_fake(coords, bas, bas_coord, prim, c2s, rcut, dm, xctype, cart):
+def _eval_rho_fused_fake(coords, bas, bas_coord, prim, c2s, rcut, dm, xctype, nao, cart):
     nf = _nfeat(xctype)
     torch._check(dm.dim() in (2, 3), lambda: "dm must be (nao, nao) or (B, nao, nao)")
+    torch._check(dm.shape[-1] == nao and dm.shape[-2] == nao, lambda: f"dm must be {nao} x {nao}")
     ngrid = coords.shape[0]
     shape = (nf, ngrid) if dm.dim() == 2 else (dm.shape[0], nf, ngrid)
     return dm.new_empty(shape)

@@ -1,0 +1,127 @@
+"""Helpers shared by the test modules (PySCF systems, error measures, random matrices)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import zlib
+
+import numpy as np
+import torch
+
+import dixc
+from dixc.molecules import mole
+
+
+@dataclasses.dataclass
+class System:
+    """A molecule, its packed basis, a PySCF grid and a few density matrices (all float64)."""
+
+    mol: object
+    basis: dixc.Basis
+    grid: dixc.Grid
+    pgrids: object  # pyscf.dft.gen_grid.Grids on exactly the same points
+    dm_guess: np.ndarray  # PySCF's initial guess (symmetric, physical)
+    dm_sym: np.ndarray  # random symmetric
+    dm_gen: np.ndarray  # random, not symmetric
+
+    @property
+    def nao(self) -> int:
+        return int(self.mol.nao)
+
+    def ao_pyscf(self, deriv: int, coords: np.ndarray | None = None) -> np.ndarray:
+        """PySCF AO values in dixc's layout ``(ncomp, nao, ngrid)``."""
+        kind = "cart" if self.mol.cart else "sph"
+        pts = self.pgrids.coords if coords is None else coords
+        ao = self.mol.eval_gto(f"GTOval_{kind}_deriv{deriv}", pts)
+        return np.ascontiguousarray(ao.reshape(-1, *ao.shape[-2:]).transpose(0, 2, 1))
+
+
+def random_dm(
+    nao: int, rng: np.random.Generator, symmetric: bool, scale: float = 0.1
+) -> np.ndarray:
+    d = rng.standard_normal((nao, nao)) * scale
+    return 0.5 * (d + d.T) if symmetric else d
+
+
+@functools.cache
+def system(
+    name: str,
+    basis: str = "def2-svp",
+    cart: bool = False,
+    level: int = 1,
+    npoints: int | None = None,
+) -> System:
+    """Builds (once per session) a PySCF molecule, grid and density matrices.
+
+    ``npoints`` keeps a random subset of the grid (in PySCF's spatially sorted order); the PySCF
+    ``Grids`` object is cut to the same points and weights, so PySCF's numint integrates on exactly
+    dixc's points.
+    """
+    from pyscf import dft
+
+    mol = mole(name, basis, cart)
+    grid, pgrids = dixc.make_grid(mol, level=level)
+    rng = np.random.default_rng(zlib.crc32(f"{name}/{basis}/{cart}".encode()))
+    if npoints is not None and npoints < grid.ngrid:
+        keep = np.sort(rng.choice(grid.ngrid, npoints, replace=False))
+        pgrids.coords = np.ascontiguousarray(pgrids.coords[keep])
+        pgrids.weights = np.ascontiguousarray(pgrids.weights[keep])
+        pgrids.non0tab = None
+        pgrids.screen_index = None
+        grid = dixc.Grid(grid.coords[keep].clone(), grid.weights[keep].clone())
+    dm_guess = dft.RKS(mol).get_init_guess()
+    return System(
+        mol=mol,
+        basis=dixc.pack_basis(mol),
+        grid=grid,
+        pgrids=pgrids,
+        dm_guess=np.asarray(dm_guess),
+        dm_sym=random_dm(mol.nao, rng, symmetric=True),
+        dm_gen=random_dm(mol.nao, rng, symmetric=False),
+    )
+
+
+def rel_err(x, ref) -> float:
+    """max |x - ref| / max |ref| (0 when both vanish)."""
+    x = torch.as_tensor(x).detach().to("cpu", torch.float64)
+    ref = torch.as_tensor(ref).detach().to("cpu", torch.float64)
+    assert x.shape == ref.shape, (x.shape, ref.shape)
+    if ref.numel() == 0:
+        return 0.0
+    scale = ref.abs().max().item()
+    diff = (x - ref).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def rel_err_rows(x, ref) -> list[float]:
+    """``rel_err`` per leading row (e.g. per AO component or density feature)."""
+    return [rel_err(a, b) for a, b in zip(x, ref, strict=True)]
+
+
+def sym(a: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (a + a.transpose(-1, -2))
+
+
+def eval_ao_ref_by_shell(basis: dixc.Basis, coords: torch.Tensor, deriv: int) -> torch.Tensor:
+    """``dixc.ops.eval_ao_ref`` applied one shell at a time (same values, far less autograd work).
+
+    The reference differentiates the stacked AO values row by row, so its cost grows with nao^2;
+    each single-shell basis keeps it linear in the number of shells.
+    """
+    parts = []
+    for s in range(basis.nshell):
+        l, ao0 = int(basis.bas[s, 0]), int(basis.bas[s, 3])
+        nfunc = (l + 1) * (l + 2) // 2 if basis.cart else 2 * l + 1
+        bas = basis.bas[s : s + 1].clone()
+        bas[0, 3] = 0
+        one = dataclasses.replace(
+            basis,
+            bas=bas,
+            bas_coord=basis.bas_coord[s : s + 1],
+            rcut=basis.rcut[s : s + 1],
+            nao=nfunc,
+        )
+        parts.append((ao0, dixc.ops.eval_ao_ref(one, coords, deriv)))
+    parts.sort(key=lambda p: p[0])
+    return torch.cat([p[1] for p in parts], dim=1)
