@@ -86,7 +86,6 @@ at::Tensor contract_vxc_fused_cpu(const at::Tensor& coords, const at::Tensor& ba
   }
   const at::Tensor xyz = coords.to(at::kDouble).contiguous();
   const int deriv = ao_deriv_for(xc);
-  const int64_t ncomp = n_ao_components(deriv);
   const int64_t nthread = at::get_num_threads();
   at::Tensor partial = at::zeros({nthread, nset, nao, nao}, wv.options());
   const int64_t nblk = (ngrid + kBlock - 1) / kBlock;
@@ -98,39 +97,23 @@ at::Tensor contract_vxc_fused_cpu(const at::Tensor& coords, const at::Tensor& ba
       const int64_t tid = at::get_thread_num();
       TORCH_CHECK(tid < nthread, "dixc.contract_vxc_fused: thread id out of range");
       scalar_t* V = part + tid * nset * nao * nao;
-      AOWorkspace ws;
-      std::vector<int64_t> shells, rows, idx;
-      std::vector<scalar_t> aobuf, vsub, scratch;
+      ScreenedBlock<scalar_t> sb;
+      std::vector<scalar_t> vsub, scratch;
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t g0 = blk * kBlock, np = std::min(kBlock, ngrid - g0);
-        select_shells(B, pts + 3 * g0, np, shells);
-        rows.resize(shells.size());
-        idx.clear();
-        for (size_t k = 0; k < shells.size(); ++k) {
-          rows[k] = static_cast<int64_t>(idx.size());
-          const int64_t s = shells[k];
-          for (int m = 0; m < B.nfunc(s); ++m) idx.push_back(B.ao_offset(s) + m);
-        }
-        const int64_t n = static_cast<int64_t>(idx.size());
+        const AOBlock<scalar_t> A = sb.eval(B, pts + 3 * g0, np, deriv);
+        const int64_t n = A.n;
         if (n == 0) continue;
-        aobuf.resize(static_cast<size_t>(n * ncomp * np));
-        eval_shells<scalar_t>(B, pts + 3 * g0, np, deriv, shells.data(),
-                              static_cast<int64_t>(shells.size()), rows.data(), aobuf.data(), np,
-                              ncomp * np, ws);
-        AOBlock<scalar_t> A;
-        for (int c = 0; c < ncomp; ++c) A.comp[c] = aobuf.data() + c * np;
-        A.ld = ncomp * np;
-        A.n = n;
-        A.np = np;
+        const std::vector<int64_t>& idx = sb.idx;
         vsub.assign(static_cast<size_t>(nset * n * n), scalar_t(0));
         contract_vxc_block<scalar_t>(A, w + g0, nset, xc, nfeat * ngrid, ngrid, vsub.data(),
                                      scratch);
         for (int64_t b = 0; b < nset; ++b) {
-          const scalar_t* sb = vsub.data() + b * n * n;
+          const scalar_t* vs_b = vsub.data() + b * n * n;
           scalar_t* vb = V + b * nao * nao;
           for (int64_t i = 0; i < n; ++i) {
             scalar_t* row = vb + idx[i] * nao;
-            for (int64_t k = 0; k < n; ++k) row[idx[k]] += sb[i * n + k];
+            for (int64_t k = 0; k < n; ++k) row[idx[k]] += vs_b[i * n + k];
           }
         }
       }

@@ -85,47 +85,29 @@ at::Tensor eval_rho_fused_cpu(const at::Tensor& coords, const at::Tensor& bas,
   const at::Tensor xyz = coords.to(at::kDouble).contiguous();
   const at::Tensor ds = symmetric_part(dm3);
   const int deriv = ao_deriv_for(xc);
-  const int64_t ncomp = n_ao_components(deriv);
   const int64_t nblk = (ngrid + kBlock - 1) / kBlock;
   const double* pts = xyz.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(dm.scalar_type(), "dixc_eval_rho_fused", [&] {
     const scalar_t* d = ds.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
-      AOWorkspace ws;
-      std::vector<int64_t> shells, rows, idx;
-      std::vector<scalar_t> aobuf, dsub, scratch;
+      ScreenedBlock<scalar_t> sb;
+      std::vector<scalar_t> dsub, scratch;
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t g0 = blk * kBlock, np = std::min(kBlock, ngrid - g0);
-        select_shells(B, pts + 3 * g0, np, shells);
-        rows.resize(shells.size());
-        idx.clear();
-        for (size_t k = 0; k < shells.size(); ++k) {
-          rows[k] = static_cast<int64_t>(idx.size());
-          const int64_t s = shells[k];
-          for (int m = 0; m < B.nfunc(s); ++m) idx.push_back(B.ao_offset(s) + m);
-        }
-        const int64_t n = static_cast<int64_t>(idx.size());
+        const AOBlock<scalar_t> A = sb.eval(B, pts + 3 * g0, np, deriv);
+        const int64_t n = A.n;
         if (n == 0) continue;
-        // AO buffer layout (n, ncomp, np): function i, component c at (i * ncomp + c) * np.
-        aobuf.resize(static_cast<size_t>(n * ncomp * np));
-        eval_shells<scalar_t>(B, pts + 3 * g0, np, deriv, shells.data(),
-                              static_cast<int64_t>(shells.size()), rows.data(), aobuf.data(), np,
-                              ncomp * np, ws);
+        const std::vector<int64_t>& idx = sb.idx;
         dsub.resize(static_cast<size_t>(nset * n * n));
         for (int64_t b = 0; b < nset; ++b) {
           const scalar_t* db = d + b * nao * nao;
-          scalar_t* sb = dsub.data() + b * n * n;
+          scalar_t* ds_b = dsub.data() + b * n * n;
           for (int64_t i = 0; i < n; ++i) {
             const scalar_t* row = db + idx[i] * nao;
-            for (int64_t k = 0; k < n; ++k) sb[i * n + k] = row[idx[k]];
+            for (int64_t k = 0; k < n; ++k) ds_b[i * n + k] = row[idx[k]];
           }
         }
-        AOBlock<scalar_t> A;
-        for (int c = 0; c < ncomp; ++c) A.comp[c] = aobuf.data() + c * np;
-        A.ld = ncomp * np;
-        A.n = n;
-        A.np = np;
         eval_rho_block<scalar_t>(A, dsub.data(), nset, xc, o + g0, nfeat * ngrid, ngrid, scratch);
       }
     });

@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "common/basis.h"
 #include "common/blas.h"
 #include "common/checks.h"
 
@@ -115,6 +116,37 @@ void contract_vxc_block(const AOBlock<T>& A, const T* wv, int64_t nset, XCType x
     }
   }
 }
+
+// Screened AOs of one block of np points for the fused ops: the shells whose screening sphere
+// touches the block are evaluated into `buf` with layout (n, ncomp, np) (function i, component c
+// at (i * ncomp + c) * np); idx[i] is the global AO index of block function i.
+template <typename T>
+struct ScreenedBlock {
+  AOWorkspace ws;
+  std::vector<int64_t> shells, rows, idx;
+  std::vector<T> buf;
+
+  AOBlock<T> eval(const BasisView& B, const double* points, int64_t np, int deriv) {
+    select_shells(B, points, np, shells);
+    rows.resize(shells.size());
+    idx.clear();
+    for (size_t k = 0; k < shells.size(); ++k) {
+      rows[k] = static_cast<int64_t>(idx.size());
+      for (int m = 0; m < B.nfunc(shells[k]); ++m) idx.push_back(B.ao_offset(shells[k]) + m);
+    }
+    const int64_t n = static_cast<int64_t>(idx.size()), ncomp = n_ao_components(deriv);
+    AOBlock<T> A;
+    A.n = n;
+    A.np = np;
+    A.ld = ncomp * np;
+    if (n == 0) return A;
+    buf.resize(static_cast<size_t>(n * ncomp * np));
+    eval_shells<T>(B, points, np, deriv, shells.data(), static_cast<int64_t>(shells.size()),
+                   rows.data(), buf.data(), np, ncomp * np, ws);
+    for (int64_t c = 0; c < ncomp && c < 4; ++c) A.comp[c] = buf.data() + c * np;
+    return A;
+  }
+};
 
 // V[b] = V'[b] + V'[b]^T summed over per-thread partial results (nthread, nset, nao, nao).
 inline at::Tensor symmetrize_partials(const at::Tensor& partial) {
