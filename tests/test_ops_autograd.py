@@ -42,38 +42,21 @@ def _args(tiny, device, batched: bool, xctype: str):
 
 
 # --- gradcheck / gradgradcheck -------------------------------------------------------------------
+@pytest.mark.parametrize("op", ["eval_rho", "contract_vxc", "eval_rho_fused", "contract_vxc_fused"])
 @pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
 @pytest.mark.parametrize("xctype", XCTYPES)
-def test_eval_rho_gradcheck(tiny, xctype, batched, device):
-    basis, coords, dm, _ = _args(tiny, device, batched, xctype)
+def test_gradcheck_and_gradgradcheck(tiny, op, xctype, batched, device):
+    """Each op w.r.t. its differentiable input (dm or wv), first and second order."""
+    basis, coords, dm, wv = _args(tiny, device, batched, xctype)
     ao = eval_ao(basis, coords, 1)
-    assert gradcheck(lambda d: eval_rho(ao, d, xctype), (dm,))
-    assert gradgradcheck(lambda d: eval_rho(ao, d, xctype), (dm,))
-
-
-@pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
-@pytest.mark.parametrize("xctype", XCTYPES)
-def test_contract_vxc_gradcheck(tiny, xctype, batched, device):
-    basis, coords, _, wv = _args(tiny, device, batched, xctype)
-    ao = eval_ao(basis, coords, 1)
-    assert gradcheck(lambda w: contract_vxc(ao, w, xctype), (wv,))
-    assert gradgradcheck(lambda w: contract_vxc(ao, w, xctype), (wv,))
-
-
-@pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
-@pytest.mark.parametrize("xctype", XCTYPES)
-def test_eval_rho_fused_gradcheck(tiny, xctype, batched, device):
-    basis, coords, dm, _ = _args(tiny, device, batched, xctype)
-    assert gradcheck(lambda d: eval_rho_fused(basis, coords, d, xctype), (dm,))
-    assert gradgradcheck(lambda d: eval_rho_fused(basis, coords, d, xctype), (dm,))
-
-
-@pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
-@pytest.mark.parametrize("xctype", XCTYPES)
-def test_contract_vxc_fused_gradcheck(tiny, xctype, batched, device):
-    basis, coords, _, wv = _args(tiny, device, batched, xctype)
-    assert gradcheck(lambda w: contract_vxc_fused(basis, coords, w, xctype), (wv,))
-    assert gradgradcheck(lambda w: contract_vxc_fused(basis, coords, w, xctype), (wv,))
+    fn, x = {
+        "eval_rho": (lambda d: eval_rho(ao, d, xctype), dm),
+        "contract_vxc": (lambda w: contract_vxc(ao, w, xctype), wv),
+        "eval_rho_fused": (lambda d: eval_rho_fused(basis, coords, d, xctype), dm),
+        "contract_vxc_fused": (lambda w: contract_vxc_fused(basis, coords, w, xctype), wv),
+    }[op]
+    assert gradcheck(fn, (x,))
+    assert gradgradcheck(fn, (x,))
 
 
 def test_eval_ao_deriv0_gradcheck_and_gradgradcheck(tiny, device):

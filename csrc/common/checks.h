@@ -60,4 +60,9 @@ inline at::Tensor batched_wv(const at::Tensor& wv, int64_t nfeat, int64_t ngrid,
   return w;
 }
 
+// Drops the leading batch axis a kernel added when its input `like` had none.
+inline at::Tensor unbatch(const at::Tensor& out, const at::Tensor& like, int64_t unbatched_dim) {
+  return like.dim() == unbatched_dim ? out.squeeze(0) : out;
+}
+
 }  // namespace dixc

@@ -10,14 +10,6 @@
 namespace dixc {
 namespace cpu {
 
-namespace {
-
-at::Tensor unbatch(const at::Tensor& out, const at::Tensor& wv) {
-  return wv.dim() == 2 ? out.squeeze(0) : out;
-}
-
-}  // namespace
-
 // V[b, i, j] = sum_g w0 phi_i phi_j + w_x d_x(phi_i phi_j) + w_tau 1/2 grad phi_i . grad phi_j
 //   ao (ncomp, nao, ngrid), wv ((B,) nfeat, ngrid) -> V ((B,) nao, nao), symmetric
 at::Tensor contract_vxc_cpu(const at::Tensor& ao, const at::Tensor& wv, c10::string_view xctype) {
@@ -33,7 +25,7 @@ at::Tensor contract_vxc_cpu(const at::Tensor& ao, const at::Tensor& wv, c10::str
   const at::Tensor w3 = batched_wv(wv, nfeat, ngrid, "dixc.contract_vxc", xs).contiguous();
   const int64_t nset = w3.size(0);
   if (nset == 0 || ngrid == 0 || nao == 0) {
-    return unbatch(at::zeros({nset, nao, nao}, ao.options()), wv);
+    return unbatch(at::zeros({nset, nao, nao}, ao.options()), wv, 2);
   }
   const at::Tensor aoc = ao.contiguous();
   const int64_t nthread = at::get_num_threads();
@@ -50,16 +42,12 @@ at::Tensor contract_vxc_cpu(const at::Tensor& ao, const at::Tensor& wv, c10::str
       std::vector<scalar_t> scratch;
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t g0 = blk * kBlock;
-        AOBlock<scalar_t> A;
-        for (int c = 0; c < (xc == XCType::LDA ? 1 : 4); ++c) A.comp[c] = a + c * nao * ngrid + g0;
-        A.ld = ngrid;
-        A.n = nao;
-        A.np = std::min(kBlock, ngrid - g0);
+        const AOBlock<scalar_t> A = dense_block(a, nao, ngrid, g0, xc);
         contract_vxc_block<scalar_t>(A, w + g0, nset, xc, nfeat * ngrid, ngrid, V, scratch);
       }
     });
   });
-  return unbatch(symmetrize_partials(partial), wv);
+  return unbatch(symmetrize_partials(partial), wv, 2);
 }
 
 // Same contract as contract_vxc with screened AOs evaluated per block from the packed basis.
@@ -82,7 +70,7 @@ at::Tensor contract_vxc_fused_cpu(const at::Tensor& coords, const at::Tensor& ba
   const at::Tensor w3 = batched_wv(wv, nfeat, ngrid, "dixc.contract_vxc_fused", xs).contiguous();
   const int64_t nset = w3.size(0);
   if (nset == 0 || ngrid == 0 || nao == 0) {
-    return unbatch(at::zeros({nset, nao, nao}, wv.options()), wv);
+    return unbatch(at::zeros({nset, nao, nao}, wv.options()), wv, 2);
   }
   const at::Tensor xyz = coords.to(at::kDouble).contiguous();
   const int deriv = ao_deriv_for(xc);
@@ -119,7 +107,7 @@ at::Tensor contract_vxc_fused_cpu(const at::Tensor& coords, const at::Tensor& ba
       }
     });
   });
-  return unbatch(symmetrize_partials(partial), wv);
+  return unbatch(symmetrize_partials(partial), wv, 2);
 }
 
 }  // namespace cpu

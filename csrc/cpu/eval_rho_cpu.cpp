@@ -18,10 +18,6 @@ at::Tensor symmetric_part(const at::Tensor& dm3) {
   return (0.5 * (dm3 + dm3.transpose(1, 2))).contiguous();
 }
 
-at::Tensor unbatch(const at::Tensor& out, const at::Tensor& dm) {
-  return dm.dim() == 2 ? out.squeeze(0) : out;
-}
-
 }  // namespace
 
 // rho[b, f, g]: f = rho, d_x rho, d_y rho, d_z rho, tau (PySCF layout; tau = 1/2 sum |grad phi|^2)
@@ -39,7 +35,7 @@ at::Tensor eval_rho_cpu(const at::Tensor& ao, const at::Tensor& dm, c10::string_
   const at::Tensor dm3 = batched_dm(dm, nao, "dixc.eval_rho");
   const int64_t nset = dm3.size(0);
   at::Tensor out = at::zeros({nset, nfeat, ngrid}, ao.options());
-  if (nset == 0 || ngrid == 0 || nao == 0) return unbatch(out, dm);
+  if (nset == 0 || ngrid == 0 || nao == 0) return unbatch(out, dm, 2);
   const at::Tensor aoc = ao.contiguous();
   const at::Tensor ds = symmetric_part(dm3);
   const int64_t nblk = (ngrid + kBlock - 1) / kBlock;
@@ -51,16 +47,12 @@ at::Tensor eval_rho_cpu(const at::Tensor& ao, const at::Tensor& dm, c10::string_
       std::vector<scalar_t> scratch;
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t g0 = blk * kBlock;
-        AOBlock<scalar_t> A;
-        for (int c = 0; c < (xc == XCType::LDA ? 1 : 4); ++c) A.comp[c] = a + c * nao * ngrid + g0;
-        A.ld = ngrid;
-        A.n = nao;
-        A.np = std::min(kBlock, ngrid - g0);
+        const AOBlock<scalar_t> A = dense_block(a, nao, ngrid, g0, xc);
         eval_rho_block<scalar_t>(A, d, nset, xc, o + g0, nfeat * ngrid, ngrid, scratch);
       }
     });
   });
-  return unbatch(out, dm);
+  return unbatch(out, dm, 2);
 }
 
 // Same contract as eval_rho, with the AOs evaluated per block of kBlock points from the packed
@@ -81,7 +73,7 @@ at::Tensor eval_rho_fused_cpu(const at::Tensor& coords, const at::Tensor& bas,
   const at::Tensor dm3 = batched_dm(dm, nao, "dixc.eval_rho_fused");
   const int64_t nset = dm3.size(0), ngrid = coords.size(0), nfeat = n_features(xc);
   at::Tensor out = at::zeros({nset, nfeat, ngrid}, dm.options());
-  if (nset == 0 || ngrid == 0 || nao == 0) return unbatch(out, dm);
+  if (nset == 0 || ngrid == 0 || nao == 0) return unbatch(out, dm, 2);
   const at::Tensor xyz = coords.to(at::kDouble).contiguous();
   const at::Tensor ds = symmetric_part(dm3);
   const int deriv = ao_deriv_for(xc);
@@ -112,7 +104,7 @@ at::Tensor eval_rho_fused_cpu(const at::Tensor& coords, const at::Tensor& bas,
       }
     });
   });
-  return unbatch(out, dm);
+  return unbatch(out, dm, 2);
 }
 
 }  // namespace cpu

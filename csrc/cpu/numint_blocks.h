@@ -117,6 +117,17 @@ void contract_vxc_block(const AOBlock<T>& A, const T* wv, int64_t nset, XCType x
   }
 }
 
+// Block [g0, g0 + kBlock) of a materialised AO array ao (ncomp, nao, ngrid).
+template <typename T>
+inline AOBlock<T> dense_block(const T* ao, int64_t nao, int64_t ngrid, int64_t g0, XCType xc) {
+  AOBlock<T> A;
+  for (int c = 0; c < (xc == XCType::LDA ? 1 : 4); ++c) A.comp[c] = ao + c * nao * ngrid + g0;
+  A.ld = ngrid;
+  A.n = nao;
+  A.np = std::min(kBlock, ngrid - g0);
+  return A;
+}
+
 // Screened AOs of one block of np points for the fused ops: the shells whose screening sphere
 // touches the block are evaluated into `buf` with layout (n, ncomp, np) (function i, component c
 // at (i * ncomp + c) * np); idx[i] is the global AO index of block function i.
