@@ -11,12 +11,19 @@ _LOADED: str | None = None
 
 
 def load_library() -> str:
-    """Loads the op library that sits next to this file once; returns its path."""
+    """Loads the op library once; returns its path.
+
+    The library sits next to this file in an installed dixc. For development from the source tree
+    (``PYTHONPATH=python``), ``DIXC_OPS_LIBRARY`` may name a built ``_dixc_ops*.so`` instead.
+    """
     global _LOADED
     if _LOADED is not None:
         return _LOADED
     here = os.path.dirname(os.path.abspath(__file__))
-    candidates = sorted(glob.glob(os.path.join(here, "_dixc_ops*.so")))
+    override = os.environ.get("DIXC_OPS_LIBRARY")
+    if override and not os.path.isfile(override):
+        raise ImportError(f"dixc: DIXC_OPS_LIBRARY={override!r} is not a file")
+    candidates = [override] if override else sorted(glob.glob(os.path.join(here, "_dixc_ops*.so")))
     if not candidates:
         raise ImportError(
             f"dixc: the compiled op library _dixc_ops*.so is missing from {here}. "

@@ -14,26 +14,35 @@ class Grid:
     Attributes:
         coords: float64 ``(ngrid, 3)`` points (Bohr), PySCF's order (grouped into spatial boxes).
         weights: float64 ``(ngrid,)`` quadrature weights (Bohr^3).
+        atom_coords: float64 ``(natm, 3)`` nuclear positions (Bohr), for nonlocal functionals;
+            None when the grid was made without a molecule.
+        atom_charges: int64 ``(natm,)`` nuclear charges (atomic numbers), or None.
     """
 
     coords: torch.Tensor
     weights: torch.Tensor
+    atom_coords: torch.Tensor | None = None
+    atom_charges: torch.Tensor | None = None
 
     @property
     def ngrid(self) -> int:
         return int(self.coords.shape[0])
 
     def to(self, device: torch.device | str) -> Grid:
-        return Grid(self.coords.to(device), self.weights.to(device))
+        opt = (None if t is None else t.to(device) for t in (self.atom_coords, self.atom_charges))
+        return Grid(self.coords.to(device), self.weights.to(device), *opt)
 
 
 def from_pyscf(grids) -> Grid:
-    """Wraps a built ``pyscf.dft.gen_grid.Grids`` (its coords and weights) as a ``Grid``."""
+    """Wraps a built ``pyscf.dft.gen_grid.Grids`` (coords, weights, its molecule's atoms)."""
     if grids.coords is None:
         grids.build()
+    mol = grids.mol
     return Grid(
         torch.as_tensor(grids.coords, dtype=torch.float64).clone(),
         torch.as_tensor(grids.weights, dtype=torch.float64).clone(),
+        None if mol is None else torch.as_tensor(mol.atom_coords(), dtype=torch.float64),
+        None if mol is None else torch.as_tensor(mol.atom_charges(), dtype=torch.int64),
     )
 
 

@@ -1,0 +1,80 @@
+"""The one interface every dixc XC functional implements.
+
+A functional is a ``torch.nn.Module`` that maps closed-shell (spin-summed) grid features to an XC
+energy. Features use the ops' layout, ``((B,) nfeat, ngrid)`` with rows
+``rho, d_x rho, d_y rho, d_z rho, tau`` (tau = 1/2 sum_i n_i |grad phi_i|^2) and
+nfeat = 1, 4, 5 for ``xctype`` = 'LDA', 'GGA', 'MGGA'. V_xc and the response kernel f_xc are never
+written by hand: they follow by autograd through ``dixc.ops.eval_rho`` / ``contract_vxc``.
+
+Contract for implementations:
+    * ``energy_density(rho, grid)`` returns e_xc(r) = rho(r) eps_xc(r), energy per volume
+      (Hartree / Bohr^3), shape ``((B,) ngrid)``. It must be finite, with finite first and second
+      derivatives w.r.t. ``rho``, for every input including rho = 0 and grad rho = 0 exactly (the
+      Hessian loss differentiates it twice).
+    * ``xctype`` names the features it reads; ``is_local`` says whether e_xc(r) depends on the
+      features at r only (then the per-point Hessian is block diagonal, which the engine exploits
+      for batched Hessian-vector products). Nonlocal functionals read ``grid.coords``,
+      ``grid.atom_coords`` and ``grid.atom_charges``.
+    * ``forward(rho, grid)`` = sum_g w_g e_xc(r_g): the XC energy (Hartree), shape ``((B,))``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dixc.grid import Grid
+
+NFEAT = {"LDA": 1, "GGA": 4, "MGGA": 5}
+
+
+class XCFunctional(torch.nn.Module):
+    """Base class: subclasses set ``xctype`` (and ``is_local``) and implement ``energy_density``."""
+
+    xctype: str = "LDA"
+    is_local: bool = True
+
+    @property
+    def nfeat(self) -> int:
+        """Number of feature rows read: 1 (LDA), 4 (GGA), 5 (MGGA)."""
+        return NFEAT[self.xctype]
+
+    def energy_density(self, rho: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:
+        """XC energy per volume e_xc = rho eps_xc.
+
+        Args:
+            rho: ``((B,) nfeat, ngrid)`` features (float64 by default).
+            grid: the integration grid (needed by nonlocal functionals only).
+
+        Returns:
+            ``((B,) ngrid)`` in Hartree / Bohr^3.
+        """
+        raise NotImplementedError
+
+    def forward(self, rho: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """XC energy E_xc = sum_g w_g e_xc(r_g).
+
+        Args:
+            rho: ``((B,) nfeat, ngrid)`` features.
+            grid: integration grid; its ``weights`` ``(ngrid,)`` are used.
+
+        Returns:
+            ``((B,))`` E_xc in Hartree.
+        """
+        if rho.shape[-2] < self.nfeat:
+            raise ValueError(
+                f"dixc: {type(self).__name__} is {self.xctype} and needs {self.nfeat} feature "
+                f"rows, got rho of shape {tuple(rho.shape)}"
+            )
+        exc = self.energy_density(rho[..., : self.nfeat, :], grid)
+        return exc @ grid.weights.to(exc.dtype)
+
+    def extra_repr(self) -> str:
+        return f"xctype={self.xctype}, local={self.is_local}"
+
+
+def check_features(rho: torch.Tensor, nfeat: int, name: str) -> None:
+    """Raises a clear error when ``rho`` has fewer than ``nfeat`` feature rows."""
+    if rho.dim() < 2 or rho.shape[-2] < nfeat:
+        raise ValueError(
+            f"dixc: {name} needs features of shape ((B,) {nfeat}+, ngrid), got {tuple(rho.shape)}"
+        )

@@ -1,0 +1,1 @@
+"""Classical XC functionals in Torch (being written)."""
