@@ -1,0 +1,129 @@
+"""XC energy, potential and response kernel of any dixc functional, by autograd through the ops.
+
+For a functional E_xc[rho] with rho = eval_rho(D):
+    V_xc[D]      = dE_xc/dD     = contract_vxc(w),  w = dE_xc/d rho               (one backward)
+    f_xc[D](dD)  = d V_xc[D + t dD]/dt at t=0 = contract_vxc(w1),
+                   w1 = (d^2 E_xc / d rho^2) . eval_rho(dD)                       (second backward)
+No finite differences and no Hessian in AO space. For local functionals the feature-space Hessian
+is block diagonal over grid points, so ``XCKernel`` builds it once (nfeat backward passes) and then
+applies it to any number of response densities at the cost of one batched ``eval_rho`` and one
+batched ``contract_vxc``. Nonlocal functionals get one vector-Jacobian product per response density.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dixc.context import MolContext
+from dixc.functionals.base import XCFunctional
+
+
+def _check_finite(value: torch.Tensor, what: str, ctx: MolContext) -> None:
+    if not bool(torch.isfinite(value).all()):
+        raise FloatingPointError(
+            f"dixc: {what} of {ctx.name} is not finite (NaN/inf). Check the density matrix (is it "
+            "finite and does it hold the right number of electrons?) and the functional's inputs."
+        )
+
+
+def exc_vxc(
+    ctx: MolContext,
+    functional: XCFunctional,
+    dm: torch.Tensor,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """E_xc[D] and V_xc[D] = dE_xc/dD.
+
+    Args:
+        ctx: molecule context.
+        functional: any dixc functional.
+        dm: ``((B,) nao, nao)`` density matrices (symmetric part used).
+        create_graph: keep the graph so that the results can be differentiated again (w.r.t. the
+            functional's parameters and ``dm``): needed for training, not for SCF.
+
+    Returns:
+        ``(exc, vxc)``: ``((B,))`` Hartree and ``((B,) nao, nao)`` symmetric.
+    """
+    xctype = functional.xctype
+    with torch.enable_grad():
+        rho = ctx.eval_rho(dm, xctype)
+        if not rho.requires_grad:
+            rho = rho.detach().requires_grad_(True)
+        exc = functional(rho, ctx.grid)
+        (wv,) = torch.autograd.grad(exc.sum(), rho, create_graph=create_graph)
+    vxc = ctx.contract_vxc(wv, xctype)
+    if not create_graph:
+        exc, vxc = exc.detach(), vxc.detach()
+    _check_finite(exc, "E_xc", ctx)
+    return exc, vxc
+
+
+class XCKernel:
+    """The XC response kernel f_xc of a functional at a fixed density D0.
+
+    ``kernel(dD)`` returns f_xc[D0](dD) for one or a batch of response density matrices.
+
+    Args:
+        ctx: molecule context.
+        functional: any dixc functional.
+        dm0: ``(nao, nao)`` reference density matrix (treated as a constant).
+        create_graph: keep the graph through the functional (training: the result is then
+            differentiable w.r.t. the functional's parameters).
+    """
+
+    def __init__(
+        self,
+        ctx: MolContext,
+        functional: XCFunctional,
+        dm0: torch.Tensor,
+        create_graph: bool = False,
+    ) -> None:
+        self.ctx, self.functional, self.create_graph = ctx, functional, create_graph
+        self.xctype = functional.xctype
+        with torch.enable_grad():
+            rho0 = ctx.eval_rho(dm0.detach(), self.xctype).detach().requires_grad_(True)
+            exc = functional(rho0, ctx.grid)
+            (g,) = torch.autograd.grad(exc, rho0, create_graph=True)
+        self.rho0, self.exc0, self._g = rho0, exc, g
+        self._hess: torch.Tensor | None = None
+        if functional.is_local:
+            nfeat = rho0.shape[0]
+            rows = []
+            with torch.enable_grad():
+                for k in range(nfeat):
+                    (hk,) = torch.autograd.grad(
+                        g[k].sum(), rho0, retain_graph=True, create_graph=create_graph
+                    )
+                    rows.append(hk)
+            self._hess = torch.stack(rows)  # (nfeat, nfeat, ngrid), includes the grid weights
+            if not create_graph:
+                self._hess = self._hess.detach()
+                self._g = g.detach()
+            _check_finite(self._hess, "f_xc", ctx)
+
+    @property
+    def wv0(self) -> torch.Tensor:
+        """``(nfeat, ngrid)`` first-order weights dE_xc/d rho at D0."""
+        return self._g
+
+    def weights(self, rho1: torch.Tensor) -> torch.Tensor:
+        """Second-order weights ``((B,) nfeat, ngrid)`` = (d^2 E_xc/d rho^2) rho1."""
+        if self._hess is not None:
+            # w1[b,k,g] = sum_l H[k,l,g] rho1[b,l,g]
+            return torch.einsum("klg,...lg->...kg", self._hess, rho1)
+        batched = rho1.dim() == 3
+        r1 = rho1 if batched else rho1[None]
+        out = []
+        with torch.enable_grad():
+            for b in range(r1.shape[0]):
+                (w,) = torch.autograd.grad(
+                    self._g, self.rho0, r1[b], retain_graph=True, create_graph=self.create_graph
+                )
+                out.append(w)
+        w1 = torch.stack(out)
+        return w1 if batched else w1[0]
+
+    def __call__(self, dm1: torch.Tensor) -> torch.Tensor:
+        """f_xc[D0](dm1) for ``dm1`` ``((B,) nao, nao)``; returns ``((B,) nao, nao)``."""
+        rho1 = self.ctx.eval_rho(dm1, self.xctype)
+        return self.ctx.contract_vxc(self.weights(rho1), self.xctype)
