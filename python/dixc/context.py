@@ -66,7 +66,7 @@ class MolContext:
         mol,
         grid_level: int = 3,
         grids=None,
-        density_fit: bool = True,
+        coulomb: str = "df",
         auxbasis: str = DEFAULT_AUXBASIS,
         device: torch.device | str = "cpu",
         ao_memory_mb: float = 1024.0,
@@ -77,8 +77,10 @@ class MolContext:
             mol: a built ``pyscf.gto.Mole`` with an even number of electrons.
             grid_level: PySCF grid level (ignored when ``grids`` is given).
             grids: an existing PySCF ``Grids`` to reuse (e.g. ``mf.grids``), built if needed.
-            density_fit: J by density fitting (``auxbasis``); False uses exact 4-index integrals
-                (memory nao^4 x 8 bytes: tiny molecules only).
+            coulomb: how J is built: 'df' (density fitting with ``auxbasis``, PySCF's
+                Cholesky-decomposed 3-index tensor), 'exact' (4-index integrals, memory
+                nao^4 x 8 bytes: tiny molecules only) or 'none' (grid work only, e.g. for a
+                PySCF ``NumInt``; ``get_j`` then raises).
             auxbasis: auxiliary basis for J.
             device: torch device of every tensor.
             ao_memory_mb: materialise the AO array (and its first derivatives) when it needs at
@@ -93,6 +95,8 @@ class MolContext:
         if not isinstance(mol, gto.Mole) or mol._atm is None or len(mol._atm) == 0:
             raise ValueError("dixc: MolContext.from_mol needs a built pyscf.gto.Mole")
         name = _mol_name(mol)
+        if coulomb not in ("df", "exact", "none"):
+            raise ValueError(f"dixc: coulomb must be 'df', 'exact' or 'none', got {coulomb!r}")
         if mol.nelectron % 2 or mol.spin != 0:
             raise ValueError(
                 f"dixc: {name} has {mol.nelectron} electrons (spin {mol.spin}); dixc's Kohn-Sham "
@@ -111,9 +115,9 @@ class MolContext:
         if mol.has_ecp():
             hcore = hcore + t(mol.intor_symmetric("ECPscalar"))
         cderi = eri = None
-        if density_fit:
+        if coulomb == "df":
             cderi = t(df.incore.cholesky_eri(mol, auxbasis=auxbasis, aosym="s2ij"))
-        else:
+        elif coulomb == "exact":
             eri = t(mol.intor("int2e", aosym="s1")).reshape((mol.nao,) * 4)
         return cls(
             mol=mol,
@@ -154,7 +158,8 @@ class MolContext:
         """
         if self.eri is not None:
             return torch.einsum("ijkl,...kl->...ij", self.eri, dm)
-        assert self.cderi is not None
+        if self.cderi is None:
+            raise RuntimeError(f"dixc: the context of {self.name} was made with coulomb='none'")
         if self._tril is None:
             self._tril = _tril_index(self.nao, self.device)
         r, c = self._tril
@@ -176,7 +181,7 @@ class MolContext:
             return None
         for d in range(deriv, 3):  # a higher-derivative array also serves lower requests
             if d in self._ao:
-                return self._ao[d][: ncomp]
+                return self._ao[d][:ncomp]
         ao = ops.eval_ao(self.basis, self.grid.coords, deriv)
         self._ao[deriv] = ao
         return ao

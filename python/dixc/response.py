@@ -101,7 +101,7 @@ def hvp(
     x: torch.Tensor,
     create_graph: bool = False,
 ) -> torch.Tensor:
-    """H X at the density of ``mo_coeff`` for ``x`` ``((B,) nvir, nocc)`` (see ``OrbitalHessian``)."""
+    """H X at the density of ``mo_coeff``, ``x``: ``((B,) nvir, nocc)`` (see ``OrbitalHessian``)."""
     return OrbitalHessian(ctx, functional, mo_coeff, create_graph=create_graph)(x)
 
 

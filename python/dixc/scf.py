@@ -9,7 +9,8 @@ Three ways to use it:
     * ``unrolled_scf``: a fixed number of cycles with the autograd graph kept through every cycle
       (eigen-decomposition, DIIS, V_xc), for training through the SCF. Energies and densities of
       every cycle are returned.
-    * ``energy`` / ``fock`` at a given D (no SCF), differentiable w.r.t. the functional's parameters.
+    * ``energy`` / ``fock`` at a given D (no SCF), differentiable w.r.t. the functional's
+      parameters.
 """
 
 from __future__ import annotations

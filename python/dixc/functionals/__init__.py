@@ -41,6 +41,6 @@ def create(name: str, **cfg) -> XCFunctional:
     return _REGISTRY[key](**cfg)
 
 
-from dixc.functionals import classical  # noqa: E402,F401  (registers the classical functionals)
+from dixc.functionals import classical, mlp  # noqa: E402,F401  (registration side effects)
 
 __all__ = ["NFEAT", "XCFunctional", "available", "create", "register"]

@@ -1,0 +1,248 @@
+"""Any dixc functional inside PySCF: SCF, Newton solver, stability analysis and TDDFT.
+
+``RKS(mol, functional)`` returns a ``pyscf.dft.RKS`` object whose XC energy, V_xc and response
+kernel f_xc come from the Torch functional (autograd through dixc's ops), so PySCF's own machinery
+runs unchanged::
+
+    import dixc.functionals, dixc.pyscf_plugin
+    mf = dixc.pyscf_plugin.RKS(mol, dixc.functionals.create("pbe"))
+    mf.kernel()
+    mf.TDA().kernel()         # excitation energies with the Torch functional's f_xc
+    mf.newton().kernel()      # second-order SCF, orbital Hessian from f_xc
+
+The functional may be nonlocal (its energy needs the whole grid): V_xc and f_xc are computed on
+the full grid at once, never point block by point block. Closed-shell restricted only: open-shell
+entry points and triplet response raise ``NotImplementedError``.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import torch
+from pyscf.dft import numint, rks
+
+from dixc.context import MolContext
+from dixc.functionals.base import XCFunctional
+from dixc.xc import XCKernel, exc_vxc
+
+__all__ = ["RKS", "TorchNumInt"]
+
+
+def _make_libxc_shim(name: str, functional: XCFunctional) -> types.SimpleNamespace:
+    """What PySCF asks ``ni.libxc`` about a functional, answered for a dixc functional."""
+
+    def test_deriv_order(xc_code, deriv, raise_error=False):
+        ok = deriv <= 2
+        if not ok and raise_error:
+            raise NotImplementedError(
+                f"dixc: functional {name} provides derivatives up to f_xc (order 2); PySCF "
+                f"asked for order {deriv} (e.g. TDDFT nuclear gradients), which dixc lacks"
+            )
+        return ok
+
+    import dixc
+
+    return types.SimpleNamespace(
+        __name__="dixc",
+        __version__=dixc.__version__,
+        __reference__="dixc Torch functional (autograd through dixc ops)",
+        is_hybrid_xc=lambda xc_code: False,
+        is_nlc=lambda xc_code: False,
+        is_lda=lambda xc_code: functional.xctype == "LDA",
+        is_gga=lambda xc_code: functional.xctype == "GGA",
+        is_meta_gga=lambda xc_code: functional.xctype == "MGGA",
+        needs_laplacian=lambda xc_code: False,
+        test_deriv_order=test_deriv_order,
+        hybrid_coeff=lambda xc_code, spin=0: 0.0,
+        rsh_coeff=lambda xc_code: (0.0, 0.0, 0.0),
+        max_deriv_order=lambda xc_code: 2,
+        xc_reference=lambda xc_code: [f"dixc functional {name}: {functional!r}"],
+    )
+
+
+class TorchNumInt(numint.NumInt):
+    """A PySCF ``NumInt`` that evaluates a dixc functional (closed-shell, restricted).
+
+    Args:
+        functional: the dixc functional (float64).
+        device: torch device for the grid work.
+    """
+
+    def __init__(self, functional: XCFunctional, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.functional = functional
+        self.device = torch.device(device)
+        self.name = type(functional).__name__
+        self.libxc = _make_libxc_shim(self.name, functional)
+        self._ctx_key: tuple | None = None
+        self._ctx: MolContext | None = None
+        self._kernel_key: bytes | None = None
+        self._kernel: XCKernel | None = None
+
+    # ---- what PySCF asks about the functional -------------------------------------------------
+    def _xc_type(self, xc_code):
+        return self.functional.xctype
+
+    def hybrid_coeff(self, xc_code, spin=0):
+        return 0.0
+
+    def rsh_coeff(self, xc_code):
+        return 0.0, 0.0, 0.0
+
+    def rsh_and_hybrid_coeff(self, xc_code, spin=0):
+        return 0.0, 0.0, 0.0
+
+    # ---- grid context -------------------------------------------------------------------------
+    def context(self, mol, grids) -> MolContext:
+        """The grid-only ``MolContext`` of (mol, grids), cached while they are unchanged."""
+        if grids.coords is None:
+            grids.build()
+        key = (id(mol), mol._env.tobytes(), id(grids.coords), grids.coords.shape)
+        if key != self._ctx_key:
+            self._ctx = MolContext.from_mol(mol, grids=grids, coulomb="none", device=self.device)
+            self._ctx_key = key
+            self._kernel_key = self._kernel = None
+        assert self._ctx is not None
+        return self._ctx
+
+    def _dm(self, dms) -> tuple[torch.Tensor, tuple]:
+        dm = np.asarray(dms)
+        if dm.dtype.kind == "c":
+            raise NotImplementedError("dixc: complex density matrices are not supported")
+        shape = dm.shape
+        d = torch.as_tensor(dm.reshape(-1, shape[-2], shape[-1]), dtype=torch.float64)
+        return d.to(self.device), shape
+
+    # ---- energy and potential -----------------------------------------------------------------
+    def nr_rks(self, mol, grids, xc_code, dms, relativity=0, hermi=1, max_memory=2000,
+               verbose=None):  # fmt: skip
+        """Electron count, E_xc and V_xc of ``dms`` ``((nset,) nao, nao)`` (PySCF's contract)."""
+        ctx = self.context(mol, grids)
+        d, shape = self._dm(dms)
+        exc, vxc = exc_vxc(ctx, self.functional, d)
+        rho = ctx.eval_rho(d, "LDA")[:, 0]
+        nelec = (rho @ ctx.grid.weights).cpu().numpy()
+        exc, vxc = exc.cpu().numpy(), vxc.cpu().numpy().reshape(shape)
+        if len(shape) == 2:
+            return float(nelec[0]), float(exc[0]), vxc
+        return nelec.reshape(shape[:-2]), exc.reshape(shape[:-2]), vxc
+
+    # ---- response -----------------------------------------------------------------------------
+    def _xc_kernel(self, ctx: MolContext, dm0: torch.Tensor) -> XCKernel:
+        key = dm0.cpu().numpy().tobytes()
+        if key != self._kernel_key:
+            self._kernel = XCKernel(ctx, self.functional, dm0)
+            self._kernel_key = key
+        assert self._kernel is not None
+        return self._kernel
+
+    def cache_xc_kernel(self, mol, grids, xc_code, mo_coeff, mo_occ, spin=0, max_memory=2000):
+        """Builds f_xc at the density of (mo_coeff, mo_occ); returns (rho0, vxc, fxc) stand-ins.
+
+        rho0 is the density features ``(nfeat, ngrid)``; vxc and fxc are placeholders PySCF
+        passes back to ``nr_rks_fxc`` (the kernel itself is cached on this object).
+        """
+        mo_coeff = np.asarray(mo_coeff)
+        if mo_coeff.ndim != 2:
+            raise NotImplementedError("dixc: TorchNumInt is closed-shell restricted only")
+        ctx = self.context(mol, grids)
+        dm0 = (mo_coeff * mo_occ) @ mo_coeff.T
+        kernel = self._xc_kernel(ctx, torch.as_tensor(dm0, dtype=torch.float64).to(self.device))
+        return kernel.rho0.detach().cpu().numpy(), np.zeros(1), np.ones(1)
+
+    def nr_rks_fxc(self, mol, grids, xc_code, dm0=None, dms=None, relativity=0, hermi=0,
+                   rho0=None, vxc=None, fxc=None, max_memory=2000, verbose=None):  # fmt: skip
+        """f_xc[D0](dms) for response density matrices ``dms`` ``((nset,) nao, nao)``."""
+        ctx = self.context(mol, grids)
+        if dm0 is not None:
+            kernel = self._xc_kernel(ctx, torch.as_tensor(np.asarray(dm0), dtype=torch.float64))
+        elif self._kernel is not None:
+            kernel = self._kernel
+        else:
+            raise RuntimeError("dixc: nr_rks_fxc needs dm0 or a prior cache_xc_kernel call")
+        d, shape = self._dm(dms)
+        return kernel(d).cpu().numpy().reshape(shape)
+
+    def nr_rks_fxc_st(self, mol, grids, xc_code, dm0=None, dms_alpha=None, relativity=0,
+                      singlet=True, rho0=None, vxc=None, fxc=None, max_memory=2000,
+                      verbose=None):  # fmt: skip
+        """Singlet response, PySCF's ``gen_response(singlet=True)`` path.
+
+        PySCF halves the spin-resolved kernel there, so for a closed-shell functional the result
+        is f_xc[D0](dms_alpha) (checked against PySCF's TDA/TDDFT to 1e-12 eV).
+        """
+        if not singlet:
+            raise NotImplementedError(
+                "dixc: triplet response needs the spin-resolved kernel; dixc functionals are "
+                "closed-shell (spin-summed) only"
+            )
+        return self.nr_rks_fxc(mol, grids, xc_code, dm0, np.asarray(dms_alpha), 0, 0)
+
+    # ---- pointwise evaluation, for PySCF code paths that call libxc-style APIs directly -------
+    def eval_xc_eff(self, xc_code, rho, deriv=1, omega=None, xctype=None, spin=0,
+                    verbose=None):  # fmt: skip
+        """exc (per particle), vxc, fxc of a local functional at points ``rho`` (PySCF layout)."""
+        f = self.functional
+        if not f.is_local:
+            raise NotImplementedError(
+                f"dixc: {self.name} is nonlocal; pointwise eval_xc_eff does not apply"
+            )
+        if spin != 0:
+            raise NotImplementedError("dixc: TorchNumInt is closed-shell restricted only")
+        r = torch.as_tensor(np.asarray(rho), dtype=torch.float64)
+        if r.dim() == 1:
+            r = r[None]
+        r = r[: f.nfeat].to(self.device).requires_grad_(True)
+        with torch.enable_grad():
+            e = f.energy_density(r)
+            out_e = e.detach()
+            v = f2 = None
+            if deriv >= 1:
+                (v,) = torch.autograd.grad(e.sum(), r, create_graph=deriv >= 2)
+            if deriv >= 2:
+                rows = [
+                    torch.autograd.grad(v[k].sum(), r, retain_graph=True)[0] for k in range(f.nfeat)
+                ]
+                f2 = torch.stack(rows)
+        rho0 = r.detach()[0]
+        exc = torch.where(rho0 > 0, out_e / torch.where(rho0 > 0, rho0, 1.0), 0.0)
+        conv = lambda t: None if t is None else t.detach().cpu().numpy()  # noqa: E731
+        return conv(exc), conv(v), conv(f2), None
+
+    # ---- open shell: refused clearly ----------------------------------------------------------
+    def _closed_shell_only(self, *args, **kwargs):
+        raise NotImplementedError(
+            "dixc: dixc functionals are closed-shell restricted; use pyscf.dft.RKS on a molecule "
+            "with an even number of electrons and spin 0"
+        )
+
+    nr_uks = nr_uks_fxc = nr_rks_fxc_st_triplet = _closed_shell_only
+
+
+def RKS(mol, functional: XCFunctional, device: torch.device | str = "cpu", **kwargs):
+    """A ``pyscf.dft.RKS`` running a dixc functional.
+
+    Args:
+        mol: a built closed-shell ``pyscf.gto.Mole``.
+        functional: any dixc functional (float64).
+        device: torch device of the grid work.
+        **kwargs: attributes set on the returned object (e.g. ``conv_tol=1e-10``).
+
+    Returns:
+        The ``pyscf.dft.rks.RKS`` object; use ``.density_fit()``, ``.newton()``, ``.TDA()``,
+        ``.TDDFT()``, ``.stability()`` as with any PySCF functional.
+    """
+    if mol.nelectron % 2 or mol.spin != 0:
+        raise ValueError(
+            f"dixc: the molecule has {mol.nelectron} electrons (spin {mol.spin}); dixc "
+            "functionals are closed-shell restricted. Use a neutral closed-shell molecule."
+        )
+    mf = rks.RKS(mol)
+    ni = TorchNumInt(functional, device=device)
+    mf._numint = ni
+    mf.xc = f"dixc:{ni.name}"
+    for k, v in kwargs.items():
+        setattr(mf, k, v)
+    return mf
