@@ -9,11 +9,7 @@ namespace dixc {
 
 namespace {
 
-// A primitive with a * r^2 above this everywhere in a block contributes < exp(-60) ~ 1e-26
-// relative to its coefficient: skipped for the whole block.
-constexpr double kExpCut = 60.0;
-// exp(-x) for x > 700 is below 1e-304: returned as 0 to avoid denormal arithmetic.
-constexpr double kExpZero = 700.0;
+// kExpCut (a primitive skipped for a whole block) and kExpZero live in common/ao_point.h.
 
 void check_basis_tensor(const at::Tensor& t, at::ScalarType dtype, int64_t dim, const char* op,
                         const char* name) {
@@ -102,6 +98,12 @@ void select_shells(const BasisView& B, const double* points, int64_t np,
       hi[x] = std::max(hi[x], points[3 * j + x]);
     }
   }
+  select_shells_in_box(B, lo, hi, shells);
+}
+
+void select_shells_in_box(const BasisView& B, const double lo[3], const double hi[3],
+                          std::vector<int64_t>& shells) {
+  shells.clear();
   for (int64_t s = 0; s < B.nshell; ++s) {
     double d2 = 0.0;
     for (int x = 0; x < 3; ++x) {

@@ -16,13 +16,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/ao_point.h"  // kMaxL, kMaxComp, ncart, nsph (shared with the CUDA kernels)
+
 namespace dixc {
-
-constexpr int kMaxL = 6;  // up to i functions
-constexpr int64_t kMaxComp = 10;
-
-inline int ncart(int l) { return (l + 1) * (l + 2) / 2; }
-inline int nsph(int l) { return 2 * l + 1; }
 
 struct BasisView {
   int64_t nshell = 0;
@@ -51,6 +47,10 @@ BasisView make_basis_view(const at::Tensor& bas, const at::Tensor& coord, const 
 // Shells whose screening sphere touches the bounding box of points[0..np).
 void select_shells(const BasisView& B, const double* points, int64_t np,
                    std::vector<int64_t>& shells);
+
+// Shells whose screening sphere touches the box [lo, hi] (the rule select_shells applies).
+void select_shells_in_box(const BasisView& B, const double lo[3], const double hi[3],
+                          std::vector<int64_t>& shells);
 
 // Scratch space of one thread for eval_shells.
 struct AOWorkspace {

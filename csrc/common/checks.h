@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "common/ao_point.h"  // n_ao_components
+
 namespace dixc {
 
 // XC types in PySCF's vocabulary. The feature rows are (rho, d_x rho, d_y rho, d_z rho, tau).
@@ -22,9 +24,6 @@ inline int64_t n_features(XCType t) { return t == XCType::LDA ? 1 : (t == XCType
 
 // AO derivative order an xctype needs.
 inline int ao_deriv_for(XCType t) { return t == XCType::LDA ? 0 : 1; }
-
-// Number of AO components (value, first, second derivatives) for deriv = 0, 1, 2.
-inline int64_t n_ao_components(int64_t deriv) { return deriv == 0 ? 1 : (deriv == 1 ? 4 : 10); }
 
 inline void check_float(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kDouble || t.scalar_type() == at::kFloat, op, ": ", name,

@@ -43,6 +43,20 @@ H  0.2770264307 -0.2064453419  1.9642177334
 """
 
 
+# Ethanol CCO, staggered (anti) conformer.
+ETHANOL = """
+C  1.1879 -0.3829  0.0000
+C  0.0000  0.5526  0.0000
+O -1.1867 -0.2472  0.0000
+H -1.9237  0.3850  0.0000
+H  2.0985  0.2306  0.0000
+H  1.1184 -1.0093  0.8869
+H  1.1184 -1.0093 -0.8869
+H  0.0227  1.1812  0.8852
+H  0.0227  1.1812 -0.8852
+"""
+
+
 def _benzene() -> str:
     cc, ch = 1.397, 1.087
     lines = []
@@ -102,6 +116,7 @@ MOLECULES = {
     "qm9_acetamide": QM9_ACETAMIDE,
     "qm9_lactonitrile": QM9_LACTONITRILE,
     "benzene": BENZENE,
+    "ethanol": ETHANOL,
 }
 
 
