@@ -1,4 +1,8 @@
-"""The ``dixc`` command line: a thin shell over the Python API."""
+"""The ``dixc`` command line: a thin shell over the Python API.
+
+Subcommands: ``demo`` (SCF through dixc vs PySCF; remaining arguments go to ``dixc.demo``),
+``info`` (build information), ``generate`` (reference data, see ``docs/generate.md``).
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,40 @@ import argparse
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def _parser() -> argparse.ArgumentParser:
+    from dixc import generate
+
     p = argparse.ArgumentParser(prog="dixc", description="Derivative-Informed XC functionals")
-    p.add_argument(
-        "command",
-        choices=["demo", "info"],
-        help="demo: SCF through dixc vs PySCF; info: build information",
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,info,generate}")
+    sub.add_parser(
+        "demo", help="SCF through dixc vs PySCF (options: dixc demo --help)", add_help=False
     )
-    args, rest = p.parse_known_args(argv)
+    sub.add_parser("info", help="build information")
+    g = sub.add_parser(
+        "generate",
+        help="hybrid-DFT reference data with gradient and Hessian targets (HDF5)",
+        description=generate.__doc__.splitlines()[0],
+    )
+    generate.add_arguments(g)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `dixc demo ...` hands everything after `demo` to dixc.demo.main unparsed.
+    if argv and argv[0] == "demo":
+        from dixc import demo
+
+        return demo.main(argv[1:])
+    args = _parser().parse_args(argv)
     if args.command == "info":
         from dixc import ops
 
         print(ops.build_info())
         return 0
-    from dixc import demo
+    from dixc import generate
 
-    return demo.main(rest)
+    return generate.main(args)
 
 
 if __name__ == "__main__":

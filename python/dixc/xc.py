@@ -86,41 +86,52 @@ class XCKernel:
             (g,) = torch.autograd.grad(exc, rho0, create_graph=True)
         self.rho0, self.exc0, self._g = rho0, exc, g
         self._hess: torch.Tensor | None = None
-        if functional.is_local:
-            nfeat = rho0.shape[0]
-            rows = []
-            with torch.enable_grad():
-                for k in range(nfeat):
-                    (hk,) = torch.autograd.grad(
-                        g[k].sum(), rho0, retain_graph=True, create_graph=create_graph
-                    )
-                    rows.append(hk)
-            self._hess = torch.stack(rows)  # (nfeat, nfeat, ngrid), includes the grid weights
-            if not create_graph:
-                self._hess = self._hess.detach()
-                self._g = g.detach()
-            _check_finite(self._hess, "f_xc", ctx)
+        self._ncalls = 0
 
     @property
     def wv0(self) -> torch.Tensor:
         """``(nfeat, ngrid)`` first-order weights dE_xc/d rho at D0."""
         return self._g
 
+    def _build_hessian(self) -> torch.Tensor:
+        """Per-point feature Hessian ``(nfeat, nfeat, ngrid)`` (grid weights included)."""
+        if self._hess is None:
+            rows = []
+            with torch.enable_grad():
+                for k in range(self.rho0.shape[0]):
+                    (hk,) = torch.autograd.grad(
+                        self._g[k].sum(), self.rho0, retain_graph=True,
+                        create_graph=self.create_graph,
+                    )  # fmt: skip
+                    rows.append(hk)
+            hess = torch.stack(rows)
+            _check_finite(hess, "f_xc", self.ctx)
+            self._hess = hess if self.create_graph else hess.detach()
+        return self._hess
+
     def weights(self, rho1: torch.Tensor) -> torch.Tensor:
-        """Second-order weights ``((B,) nfeat, ngrid)`` = (d^2 E_xc/d rho^2) rho1."""
-        if self._hess is not None:
-            # w1[b,k,g] = sum_l H[k,l,g] rho1[b,l,g]
-            return torch.einsum("klg,...lg->...kg", self._hess, rho1)
+        """Second-order weights ``((B,) nfeat, ngrid)`` = (d^2 E_xc/d rho^2) rho1.
+
+        Local functionals: from the per-point feature Hessian (nfeat backward passes, built on
+        the first batched or repeated use and cached), then one einsum for any batch. Otherwise,
+        and for a single first probe: one vector-Jacobian product per response density.
+        """
         batched = rho1.dim() == 3
+        nb = rho1.shape[0] if batched else 1
+        self._ncalls += 1
+        if self.functional.is_local and (self._hess is not None or nb > 1 or self._ncalls > 1):
+            # w1[b,k,g] = sum_l H[k,l,g] rho1[b,l,g]
+            return torch.einsum("klg,...lg->...kg", self._build_hessian(), rho1)
         r1 = rho1 if batched else rho1[None]
         out = []
         with torch.enable_grad():
-            for b in range(r1.shape[0]):
+            for b in range(nb):
                 (w,) = torch.autograd.grad(
                     self._g, self.rho0, r1[b], retain_graph=True, create_graph=self.create_graph
                 )
                 out.append(w)
         w1 = torch.stack(out)
+        _check_finite(w1, "f_xc", self.ctx)
         return w1 if batched else w1[0]
 
     def __call__(self, dm1: torch.Tensor) -> torch.Tensor:
