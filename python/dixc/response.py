@@ -66,12 +66,16 @@ class OrbitalHessian:
         self.ctx, self.nocc = ctx, n
         self.co, self.cv = mo_coeff[:, :n], mo_coeff[:, n:]
         dm = make_rdm1(mo_coeff, n)
-        self.energy, f = fock(ctx, functional, dm, create_graph=create_graph)
+        # The kernel's first-order weights give V_xc: one functional evaluation serves both.
+        self.kernel = XCKernel(ctx, functional, dm, create_graph=create_graph)
+        vxc = ctx.contract_vxc(self.kernel.wv0, functional.xctype)
+        vj = ctx.get_j(dm)
+        self.energy = ctx.e_nuc + (ctx.hcore * dm).sum() + 0.5 * (vj * dm).sum() + self.kernel.exc0
+        f = ctx.hcore + vj + vxc
         self.fock = f
         self.foo = self.co.T @ f @ self.co
         self.fvv = self.cv.T @ f @ self.cv
         self.gradient = 4.0 * self.cv.T @ f @ self.co
-        self.kernel = XCKernel(ctx, functional, dm, create_graph=create_graph)
 
     @property
     def nvir(self) -> int:

@@ -26,6 +26,39 @@ def _check_finite(value: torch.Tensor, what: str, ctx: MolContext) -> None:
         )
 
 
+CHUNK = 32768  # grid points per chunk when a local functional runs without a kept graph
+
+
+def _local_derivs(
+    functional: XCFunctional, rho: torch.Tensor, weights: torch.Tensor, hessian: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """E_xc, dE/d rho and (optionally) the per-point Hessian of a local functional, chunked.
+
+    Memory is bounded by ``CHUNK`` points of the functional's autograd graph (a large MLP's
+    activations over a whole molecular grid would not fit). No graph is kept.
+
+    Returns:
+        ``(exc ((B,)), wv (same shape as rho), hess (nfeat, nfeat, ngrid) or None)``.
+    """
+    ngrid = rho.shape[-1]
+    exc = rho.new_zeros(rho.shape[:-2])
+    wv = torch.empty_like(rho)
+    hess = rho.new_empty(rho.shape[-2], rho.shape[-2], ngrid) if hessian else None
+    for a in range(0, ngrid, CHUNK):
+        b = min(a + CHUNK, ngrid)
+        with torch.enable_grad():
+            r = rho[..., a:b].detach().requires_grad_(True)
+            e = functional.energy_density(r) @ weights[a:b]
+            (g,) = torch.autograd.grad(e.sum(), r, create_graph=hessian)
+            if hess is not None:
+                for k in range(r.shape[-2]):
+                    (hk,) = torch.autograd.grad(g[k].sum(), r, retain_graph=True)
+                    hess[k, :, a:b] = hk
+        exc += e.detach()
+        wv[..., a:b] = g.detach()
+    return exc, wv, hess
+
+
 def exc_vxc(
     ctx: MolContext,
     functional: XCFunctional,
@@ -45,6 +78,13 @@ def exc_vxc(
         ``(exc, vxc)``: ``((B,))`` Hartree and ``((B,) nao, nao)`` symmetric.
     """
     xctype = functional.xctype
+    if functional.is_local and not create_graph:
+        rho = ctx.eval_rho(dm.detach(), xctype)
+        exc, wv, _ = _local_derivs(functional, rho[..., : functional.nfeat, :], ctx.grid.weights,
+                                   hessian=False)  # fmt: skip
+        vxc = ctx.contract_vxc(wv, xctype)
+        _check_finite(exc, "E_xc", ctx)
+        return exc, vxc
     with torch.enable_grad():
         rho = ctx.eval_rho(dm, xctype)
         if not rho.requires_grad:
@@ -80,18 +120,29 @@ class XCKernel:
     ) -> None:
         self.ctx, self.functional, self.create_graph = ctx, functional, create_graph
         self.xctype = functional.xctype
+        self._hess: torch.Tensor | None = None
+        self._ncalls = 0
+        rho0 = ctx.eval_rho(dm0.detach(), self.xctype).detach()
+        if functional.is_local and not create_graph:
+            # No graph kept: chunked, memory-bounded, Hessian built right away.
+            self.exc0, self._g, self._hess = _local_derivs(
+                functional, rho0, ctx.grid.weights, hessian=True
+            )
+            _check_finite(self._hess, "f_xc", ctx)
+            self.rho0 = rho0
+            return
         with torch.enable_grad():
-            rho0 = ctx.eval_rho(dm0.detach(), self.xctype).detach().requires_grad_(True)
+            rho0.requires_grad_(True)
             exc = functional(rho0, ctx.grid)
             (g,) = torch.autograd.grad(exc, rho0, create_graph=True)
         self.rho0, self.exc0, self._g = rho0, exc, g
-        self._hess: torch.Tensor | None = None
-        self._ncalls = 0
+        if not create_graph:
+            self.exc0 = exc.detach()
 
     @property
     def wv0(self) -> torch.Tensor:
         """``(nfeat, ngrid)`` first-order weights dE_xc/d rho at D0."""
-        return self._g
+        return self._g if self.create_graph else self._g.detach()
 
     def _build_hessian(self) -> torch.Tensor:
         """Per-point feature Hessian ``(nfeat, nfeat, ngrid)`` (grid weights included)."""
