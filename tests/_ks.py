@@ -7,6 +7,7 @@ import functools
 import numpy as np
 from pyscf import dft
 
+import dixc.functionals
 from dixc.context import MolContext
 from dixc.molecules import mole
 
@@ -29,3 +30,17 @@ def pyscf_pbe(name: str, level: int):
 def rel(a, b) -> float:
     a, b = np.asarray(a), np.asarray(b)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+class AsNonlocal(dixc.functionals.XCFunctional):
+    """Wraps a local functional but declares it nonlocal (exercises the generic VJP paths)."""
+
+    is_local = False
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.xctype = inner.xctype
+
+    def energy_density(self, rho, grid=None):
+        return self.inner.energy_density(rho, grid)

@@ -14,22 +14,11 @@ import torch
 from pyscf import dft, gto
 
 import dixc.functionals
+from _ks import AsNonlocal
 from dixc import pyscf_plugin
 from dixc.molecules import mole
 
 HARTREE2EV = 27.211386245988
-
-
-class _AsNonlocal(dixc.functionals.XCFunctional):
-    is_local = False
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.xctype = inner.xctype
-
-    def energy_density(self, rho, grid=None):
-        return self.inner.energy_density(rho, grid)
 
 
 @functools.cache
@@ -101,7 +90,7 @@ def test_b3lyp_semilocal_scf_equals_libxc_b3lyp_without_exact_exchange():
 
 def test_nonlocal_functional_runs_through_full_grid_path():
     mol, ref = native("water", "PBE")
-    mf = dixc_mf(mol, ref, _AsNonlocal(dixc.functionals.create("pbe")))
+    mf = dixc_mf(mol, ref, AsNonlocal(dixc.functionals.create("pbe")))
     assert abs(mf.kernel() - ref.e_tot) < 1e-8
     td = mf.TDA()
     td.nstates = 3

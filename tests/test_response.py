@@ -13,25 +13,11 @@ import pytest
 import torch
 
 import dixc.functionals
-from _ks import pyscf_pbe, rel
+from _ks import AsNonlocal, pyscf_pbe, rel
 from dixc import scf as dscf
 from dixc.functionals.mlp import MLPmGGA
 from dixc.response import OrbitalHessian, grassmann_gradient, hvp, rotate
 from dixc.xc import XCKernel
-
-
-class _AsNonlocal(dixc.functionals.XCFunctional):
-    """Wraps a local functional but declares it nonlocal (exercises the generic VJP path)."""
-
-    is_local = False
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.xctype = inner.xctype
-
-    def energy_density(self, rho, grid=None):
-        return self.inner.energy_density(rho, grid)
 
 
 def _pbe():
@@ -147,7 +133,7 @@ def test_hessian_symmetric_batched_and_nonlocal_path():
     # <Y, H X> = <X, H Y>
     m = torch.einsum("bai,cai->bc", xs, hx)
     assert rel(m.numpy(), m.T.numpy()) < 1e-10
-    hn = OrbitalHessian(ctx, _AsNonlocal(_pbe()), c)
+    hn = OrbitalHessian(ctx, AsNonlocal(_pbe()), c)
     assert hn.kernel._hess is None
     assert rel(hn(xs[:3]).numpy(), hx[:3].numpy()) < 1e-12
 

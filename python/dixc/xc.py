@@ -123,12 +123,10 @@ class XCKernel:
         self._hess: torch.Tensor | None = None
         self._ncalls = 0
         rho0 = ctx.eval_rho(dm0.detach(), self.xctype).detach()
-        if functional.is_local and not create_graph:
-            # No graph kept: chunked, memory-bounded, Hessian built right away.
-            self.exc0, self._g, self._hess = _local_derivs(
-                functional, rho0, ctx.grid.weights, hessian=True
-            )
-            _check_finite(self._hess, "f_xc", ctx)
+        self._chunked = functional.is_local and not create_graph
+        if self._chunked:
+            # No graph kept: chunked and memory-bounded; the feature Hessian is built on demand.
+            self.exc0, self._g, _ = _local_derivs(functional, rho0, ctx.grid.weights, False)
             self.rho0 = rho0
             return
         with torch.enable_grad():
@@ -146,6 +144,10 @@ class XCKernel:
 
     def _build_hessian(self) -> torch.Tensor:
         """Per-point feature Hessian ``(nfeat, nfeat, ngrid)`` (grid weights included)."""
+        if self._hess is None and self._chunked:
+            w = self.ctx.grid.weights
+            _, _, self._hess = _local_derivs(self.functional, self.rho0, w, True)
+            _check_finite(self._hess, "f_xc", self.ctx)
         if self._hess is None:
             rows = []
             with torch.enable_grad():
@@ -164,16 +166,31 @@ class XCKernel:
         """Second-order weights ``((B,) nfeat, ngrid)`` = (d^2 E_xc/d rho^2) rho1.
 
         Local functionals: from the per-point feature Hessian (nfeat backward passes, built on
-        the first batched or repeated use and cached), then one einsum for any batch. Otherwise,
-        and for a single first probe: one vector-Jacobian product per response density.
+        the first use with B >= nfeat or the second use, then cached), one einsum for any batch.
+        Otherwise (nonlocal, or a first small batch): one vector-Jacobian product per density.
         """
         batched = rho1.dim() == 3
         nb = rho1.shape[0] if batched else 1
         self._ncalls += 1
-        if self.functional.is_local and (self._hess is not None or nb > 1 or self._ncalls > 1):
+        use_hess = self._hess is not None or self._ncalls > 1 or nb >= self.rho0.shape[-2]
+        if self.functional.is_local and use_hess:
             # w1[b,k,g] = sum_l H[k,l,g] rho1[b,l,g]
             return torch.einsum("klg,...lg->...kg", self._build_hessian(), rho1)
         r1 = rho1 if batched else rho1[None]
+        if self._chunked:  # one forward-over-backward per chunk, no graph kept
+            w1 = torch.empty_like(r1)
+            wts = self.ctx.grid.weights
+            for a in range(0, r1.shape[-1], CHUNK):
+                b = min(a + CHUNK, r1.shape[-1])
+                with torch.enable_grad():
+                    r = self.rho0[:, a:b].detach().requires_grad_(True)
+                    e = self.functional.energy_density(r) @ wts[a:b]
+                    (g,) = torch.autograd.grad(e, r, create_graph=True)
+                    for i in range(nb):
+                        (wi,) = torch.autograd.grad(g, r, r1[i, :, a:b], retain_graph=True)
+                        w1[i, :, a:b] = wi
+            _check_finite(w1, "f_xc", self.ctx)
+            return w1 if batched else w1[0]
         out = []
         with torch.enable_grad():
             for b in range(nb):
