@@ -11,7 +11,7 @@ DEPS := $(VENV)/.dixc-deps
 # glibc's malloc page-faults on large torch CPU allocations on these VMs: benchmark with these.
 BENCH_ENV := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=68719476736
 
-.PHONY: all install demo test bench lint format wheel cuda-check clean
+.PHONY: all install demo test bench bench-scf lint format wheel cuda-check clean
 
 all: test
 
@@ -35,6 +35,9 @@ test: install
 
 bench: install
 	$(BENCH_ENV) $(BIN)/python bench/bench_numint.py
+
+bench-scf: install
+	$(BENCH_ENV) $(BIN)/python bench/bench_scf.py
 
 lint: $(DEPS)
 	$(BIN)/ruff check python tests bench
