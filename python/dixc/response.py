@@ -16,7 +16,7 @@ import torch
 
 from dixc.context import MolContext
 from dixc.functionals.base import XCFunctional
-from dixc.scf import fock, make_rdm1
+from dixc.scf import assemble, fock, make_rdm1
 from dixc.xc import XCKernel
 
 
@@ -69,9 +69,7 @@ class OrbitalHessian:
         # The kernel's first-order weights give V_xc: one functional evaluation serves both.
         self.kernel = XCKernel(ctx, functional, dm, create_graph=create_graph)
         vxc = ctx.contract_vxc(self.kernel.wv0, functional.xctype)
-        vj = ctx.get_j(dm)
-        self.energy = ctx.e_nuc + (ctx.hcore * dm).sum() + 0.5 * (vj * dm).sum() + self.kernel.exc0
-        f = ctx.hcore + vj + vxc
+        self.energy, f = assemble(ctx, dm, self.kernel.exc0, vxc)
         self.fock = f
         self.foo = self.co.T @ f @ self.co
         self.fvv = self.cv.T @ f @ self.cv

@@ -65,6 +65,13 @@ def fock(
         ``(E, F)``: ``((B,))`` Hartree and ``((B,) nao, nao)``.
     """
     exc, vxc = exc_vxc(ctx, functional, dm, create_graph=create_graph)
+    return assemble(ctx, dm, exc, vxc)
+
+
+def assemble(
+    ctx: MolContext, dm: torch.Tensor, exc: torch.Tensor, vxc: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E, F) from the XC parts: E = E_nuc + tr(hD) + 1/2 tr(D J[D]) + E_xc, F = h + J + V_xc."""
     vj = ctx.get_j(dm)
     e = (
         ctx.e_nuc
