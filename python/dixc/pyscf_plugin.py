@@ -25,7 +25,7 @@ from pyscf.dft import numint, rks
 
 from dixc.context import MolContext
 from dixc.functionals.base import XCFunctional
-from dixc.xc import XCKernel, exc_vxc
+from dixc.xc import XCKernel, _exc_vxc_rho
 
 __all__ = ["RKS", "TorchNumInt"]
 
@@ -121,9 +121,8 @@ class TorchNumInt(numint.NumInt):
         """Electron count, E_xc and V_xc of ``dms`` ``((nset,) nao, nao)`` (PySCF's contract)."""
         ctx = self.context(mol, grids)
         d, shape = self._dm(dms)
-        exc, vxc = exc_vxc(ctx, self.functional, d)
-        rho = ctx.eval_rho(d, "LDA")[:, 0]
-        nelec = (rho @ ctx.grid.weights).cpu().numpy()
+        exc, vxc, rho = _exc_vxc_rho(ctx, self.functional, d)
+        nelec = (rho[:, 0] @ ctx.grid.weights).cpu().numpy()  # from the same features
         exc, vxc = exc.cpu().numpy(), vxc.cpu().numpy().reshape(shape)
         if len(shape) == 2:
             return float(nelec[0]), float(exc[0]), vxc

@@ -59,13 +59,13 @@ def _local_derivs(
     return exc, wv, hess
 
 
-def exc_vxc(
+def _exc_vxc_rho(
     ctx: MolContext,
     functional: XCFunctional,
     dm: torch.Tensor,
     create_graph: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """E_xc[D] and V_xc[D] = dE_xc/dD.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """E_xc[D], V_xc[D] = dE_xc/dD and the density features they were made from.
 
     Args:
         ctx: molecule context.
@@ -75,7 +75,8 @@ def exc_vxc(
             functional's parameters and ``dm``): needed for training, not for SCF.
 
     Returns:
-        ``(exc, vxc)``: ``((B,))`` Hartree and ``((B,) nao, nao)`` symmetric.
+        ``(exc, vxc, rho)``: ``((B,))`` Hartree, ``((B,) nao, nao)`` symmetric, and the
+        features ``((B,) nfeat, ngrid)`` (detached).
     """
     xctype = functional.xctype
     if functional.is_local and not create_graph:
@@ -84,7 +85,7 @@ def exc_vxc(
                                    hessian=False)  # fmt: skip
         vxc = ctx.contract_vxc(wv, xctype)
         _check_finite(exc, "E_xc", ctx)
-        return exc, vxc
+        return exc, vxc, rho
     with torch.enable_grad():
         rho = ctx.eval_rho(dm, xctype)
         if not rho.requires_grad:
@@ -95,6 +96,20 @@ def exc_vxc(
     if not create_graph:
         exc, vxc = exc.detach(), vxc.detach()
     _check_finite(exc, "E_xc", ctx)
+    return exc, vxc, rho.detach()
+
+
+def exc_vxc(
+    ctx: MolContext,
+    functional: XCFunctional,
+    dm: torch.Tensor,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """E_xc[D] and V_xc[D] = dE_xc/dD: ``((B,))`` Hartree and ``((B,) nao, nao)`` symmetric.
+
+    ``create_graph`` keeps the graph (w.r.t. the functional's parameters and ``dm``) for training.
+    """
+    exc, vxc, _ = _exc_vxc_rho(ctx, functional, dm, create_graph)
     return exc, vxc
 
 
