@@ -1,7 +1,9 @@
 """The ``dixc`` command line: a thin shell over the Python API.
 
-Subcommands: ``demo`` (SCF through dixc vs PySCF; remaining arguments go to ``dixc.demo``),
-``info`` (build information), ``generate`` (reference data, see ``docs/generate.md``).
+Subcommands: ``demo`` (the end-to-end pipeline; remaining arguments go to ``dixc.demo``),
+``info`` (build information), ``generate`` (reference data, see ``docs/generate.md``), ``train``
+(DI-Loss distillation, ``dixc.train``) and ``evaluate`` (metrics and reports, ``dixc.evaluate``).
+``demo``, ``train`` and ``evaluate`` own their argument parsers (``MODULE.main(argv)``).
 """
 
 from __future__ import annotations
@@ -9,16 +11,26 @@ from __future__ import annotations
 import argparse
 import sys
 
+_OWN_PARSER = {"demo": "dixc.demo", "train": "dixc.train", "evaluate": "dixc.evaluate"}
+
 
 def _parser() -> argparse.ArgumentParser:
     from dixc import generate
 
     p = argparse.ArgumentParser(prog="dixc", description="Derivative-Informed XC functionals")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,info,generate}")
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="{demo,info,generate,train,evaluate}"
+    )
     sub.add_parser(
         "demo", help="SCF through dixc vs PySCF (options: dixc demo --help)", add_help=False
     )
     sub.add_parser("info", help="build information")
+    sub.add_parser(
+        "train", help="train a functional with the DI-Loss (dixc train --help)", add_help=False
+    )
+    sub.add_parser(
+        "evaluate", help="accuracy metrics and reports (dixc evaluate --help)", add_help=False
+    )
     g = sub.add_parser(
         "generate",
         help="hybrid-DFT reference data with gradient and Hessian targets (HDF5)",
@@ -30,11 +42,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # `dixc demo ...` hands everything after `demo` to dixc.demo.main unparsed.
-    if argv and argv[0] == "demo":
-        from dixc import demo
+    # `dixc demo|train|evaluate ...` hands everything after the command to MODULE.main unparsed.
+    if argv and argv[0] in _OWN_PARSER:
+        import importlib
 
-        return demo.main(argv[1:])
+        return importlib.import_module(_OWN_PARSER[argv[0]]).main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "info":
         from dixc import ops

@@ -33,6 +33,8 @@ import h5py
 import numpy as np
 import torch
 
+from dixc.fileio import fsync_dir, fsync_path
+
 SCHEMA_VERSION = 1
 MOLECULES = "molecules"
 FAILED = "failed"
@@ -93,19 +95,6 @@ def write_group(
     return g
 
 
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a directory be fsynced
-        _fsync_path(path)
-
-
 def atomic_h5(path: str):
     """Context manager: an h5py File written at ``path + '.tmp'``, renamed to ``path`` on success.
 
@@ -120,9 +109,9 @@ def atomic_h5(path: str):
             yield f
             f.flush()
             f.close()
-            _fsync_path(tmp)
+            fsync_path(tmp)
             os.replace(tmp, path)
-            _fsync_dir(os.path.dirname(os.path.abspath(path)))
+            fsync_dir(os.path.dirname(os.path.abspath(path)))
         except BaseException:
             with contextlib.suppress(Exception):
                 f.close()
@@ -510,6 +499,61 @@ def iter_molecules(paths: str | Sequence[str]) -> Iterator[MoleculeRecord]:
         yield from ds
     finally:
         ds.close()
+
+
+def record_mole(rec: MoleculeRecord, config: Mapping[str, Any]):
+    """The PySCF ``Mole`` of a stored molecule (atoms, Bohr coordinates, the reference basis).
+
+    Args:
+        rec: a molecule read from a data file.
+        config: the data set's reference config (``ReferenceDataset.config``).
+    """
+    from pyscf import gto
+
+    numbers = rec["atoms/numbers"].tolist()
+    coords = rec["atoms/coords"].tolist()
+    mol = gto.M(
+        atom=[(int(z), tuple(r)) for z, r in zip(numbers, coords, strict=True)],
+        unit="Bohr",
+        basis=config.get("basis", "def2-svp"),
+        cart=bool(config.get("cart", False)),
+        charge=0,
+        spin=0,
+        verbose=0,
+    )
+    mol.dixc_name = rec.id
+    if mol.nao != int(rec.attrs.get("nao", mol.nao)):
+        raise ValueError(
+            f"molecule {rec.id!r}: rebuilt basis has {mol.nao} functions but the data file says "
+            f"{rec.attrs.get('nao')}; the file's reference config does not match its contents"
+        )
+    return mol
+
+
+def record_context(
+    rec: MoleculeRecord,
+    config: Mapping[str, Any],
+    grid_level: int | None = None,
+    coulomb: str = "df",
+    device: torch.device | str = "cpu",
+    **kwargs: Any,
+):
+    """The :class:`dixc.context.MolContext` of a stored molecule, on the reference's grid level.
+
+    Args:
+        rec: a molecule read from a data file.
+        config: the data set's reference config (``ReferenceDataset.config``).
+        grid_level: override the reference's PySCF grid level.
+        coulomb: 'df' (default), 'exact' or 'none' (see ``MolContext.from_mol``).
+        device: where the context's tensors live.
+        kwargs: passed to ``MolContext.from_mol``.
+    """
+    from dixc.context import MolContext
+
+    level = int(config.get("grid_level", 3)) if grid_level is None else grid_level
+    return MolContext.from_mol(
+        record_mole(rec, config), grid_level=level, coulomb=coulomb, device=device, **kwargs
+    )
 
 
 def rotated_orbitals(mo_coeff: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

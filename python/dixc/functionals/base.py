@@ -20,6 +20,10 @@ Contract for implementations:
 
 from __future__ import annotations
 
+import functools
+import inspect
+from typing import Any
+
 import torch
 
 from dixc.grid import Grid
@@ -32,6 +36,35 @@ class XCFunctional(torch.nn.Module):
 
     xctype: str = "LDA"
     is_local: bool = True
+    #: registry name (set by ``dixc.functionals.register``); ``save`` writes it into the file.
+    arch_name: str | None = None
+    #: constructor arguments (defaults filled in) of the outermost ``__init__``, recorded
+    #: automatically so that ``dixc.functionals.save`` / ``load`` can rebuild the module.
+    config: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in cls.__dict__:
+            return
+        init = cls.__dict__["__init__"]
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self, *args, **kw):
+            init(self, *args, **kw)
+            bound = signature.bind(self, *args, **kw)
+            bound.apply_defaults()
+            cfg = dict(bound.arguments)
+            cfg.pop("self")
+            for name, p in signature.parameters.items():
+                if p.kind is inspect.Parameter.VAR_KEYWORD:
+                    cfg.update(cfg.pop(name))
+                elif p.kind is inspect.Parameter.VAR_POSITIONAL:
+                    cfg.pop(name)
+            # the outermost __init__ finishes last, so its arguments win
+            object.__setattr__(self, "config", cfg)
+
+        cls.__init__ = recording_init
 
     @property
     def nfeat(self) -> int:
