@@ -503,6 +503,8 @@ def test_qm9_selection_excludes_fluorine_and_counts_heavy_atoms():
     assert [m.id for m in a] == [m.id for m in b] and len(a) == 7
     m = sources.qm9_molecules(indices="19")[0]  # acetamide, as embedded in dixc.molecules
     assert m.formula == "C2H5NO" and m.info["smiles"] == "CC(N)=O"
+    assert sources.qm9_molecules(indices="25")[0].formula == "C2N2"  # no H: Hill order C first
+    assert sources.qm9_molecules(indices="3")[0].formula == "H2O"  # no C: alphabetical
     np.testing.assert_allclose(m.coords[0], [0.0067988926, 1.4996973638, -0.0256703020])
 
 

@@ -104,9 +104,8 @@ class Molecule:
         counts: dict[str, int] = {}
         for s in self.symbols:
             counts[s] = counts.get(s, 0) + 1
-        order = (["C", "H"] if "C" in counts else []) + sorted(
-            s for s in counts if "C" not in counts or s not in ("C", "H")
-        )
+        first = [s for s in ("C", "H") if s in counts] if "C" in counts else []
+        order = first + sorted(s for s in counts if s not in first)
         return "".join(f"{s}{counts[s] if counts[s] > 1 else ''}" for s in order)
 
     def pyscf_atom(self) -> list[tuple[str, tuple[float, float, float]]]:

@@ -23,6 +23,8 @@ def register(name: str) -> Callable:
         if key in _REGISTRY:
             raise ValueError(f"dixc: functional {name!r} registered twice")
         _REGISTRY[key] = obj
+        if isinstance(obj, type):
+            obj.arch_name = key
         return obj
 
     return deco
@@ -38,9 +40,35 @@ def create(name: str, **cfg) -> XCFunctional:
     key = name.lower()
     if key not in _REGISTRY:
         raise ValueError(f"dixc: unknown functional {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[key](**cfg)
+    factory = _REGISTRY[key]
+    f = factory(**cfg)
+    if not isinstance(factory, type):  # a factory function: it is rebuilt by its own name
+        f.arch_name = key
+        object.__setattr__(f, "config", dict(cfg))
+    return f
 
 
-from dixc.functionals import classical, mlp  # noqa: E402,F401  (registration side effects)
+from dixc.functionals import (  # noqa: E402,F401  (registration side effects)
+    classical,
+    egxc,
+    mlp,
+    nnmgga,
+    skala_mgga,
+    xcdiff,
+)
+from dixc.functionals.io import FunctionalFileError, load, read_metadata, save  # noqa: E402
+from dixc.functionals.pretrain import PretrainResult, pretrain  # noqa: E402
 
-__all__ = ["NFEAT", "XCFunctional", "available", "create", "register"]
+__all__ = [
+    "NFEAT",
+    "FunctionalFileError",
+    "PretrainResult",
+    "XCFunctional",
+    "available",
+    "create",
+    "load",
+    "pretrain",
+    "read_metadata",
+    "register",
+    "save",
+]

@@ -1,0 +1,455 @@
+"""EG-XC (dixc.functionals.egxc): exact physics initialisation, pair maps, equivariance and
+invariance, size extensivity, derivatives of first and second order, edge cases, batching and the
+linear growth of the neighbour structure."""
+
+from __future__ import annotations
+
+import functools
+import gc
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+import dixc.functionals as F
+from dixc.functionals import egxc
+from dixc.functionals.egxc import EGXC, PairStructure, _envelope, pair_structure
+from dixc.grid import Grid, make_grid
+from dixc.molecules import mole
+
+# A small network so that finite-difference checks over every feature stay fast.
+SMALL = dict(n_radial=4, channels=4, nl_channels=3, layers=2, hidden=8, n_rbf_gnn=4)
+
+
+# --------------------------------------------------------------------------- systems
+
+
+@functools.cache
+def _water(level: int = 1) -> tuple[torch.Tensor, Grid]:
+    """Water, PySCF grid, MGGA features (5, ngrid) of PySCF's minao guess density."""
+    from pyscf import dft
+
+    mol = mole("water", "def2-svp")
+    grid, grids = make_grid(mol, level)
+    dm = dft.RKS(mol).get_init_guess(key="minao")
+    ni = dft.numint.NumInt()
+    ao = ni.eval_ao(mol, grids.coords, deriv=1)
+    rho = ni.eval_rho(mol, ao, dm, xctype="MGGA", with_lapl=False)
+    return torch.as_tensor(rho), grid
+
+
+def water(level: int = 1) -> tuple[torch.Tensor, Grid]:
+    rho, grid = _water(level)
+    return rho.clone(), grid
+
+
+def toy(
+    charges=(8, 1, 1), npts: int = 8, seed: int = 0, shift=(0.0, 0.0, 0.0)
+) -> tuple[torch.Tensor, Grid]:
+    """A molecule-like random grid: points within 5.5 Bohr of water-like nuclei, Gaussian
+    density sum_a Z_a exp(-0.15 |r - R_a|^2), exact gradient, tau = tau_W + 0.2 rho^(5/3)."""
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.tensor([[0.0, 0.0, 0.22], [0.0, 1.43, -0.89], [0.0, -1.43, -0.89]])[
+        : len(charges)
+    ].double()
+    pos = pos + torch.tensor(shift, dtype=torch.float64)
+    pts = []
+    for r in pos:
+        d = torch.randn(npts, 3, generator=g, dtype=torch.float64)
+        d = d / d.norm(dim=1, keepdim=True)
+        rad = 0.05 + 5.45 * torch.rand(npts, 1, generator=g, dtype=torch.float64)
+        pts.append(r + d * rad)
+    coords = torch.cat(pts)
+    w = 0.01 + 0.3 * torch.rand(coords.shape[0], generator=g, dtype=torch.float64)
+    z = torch.tensor(charges, dtype=torch.float64)
+    diff = coords[:, None, :] - pos[None]
+    gauss = z * torch.exp(-0.15 * (diff**2).sum(-1))  # (ngrid, natm)
+    rho = gauss.sum(1)
+    grad = (-0.3 * gauss[..., None] * diff).sum(1)  # (ngrid, 3)
+    tau = (grad**2).sum(1) / (8.0 * rho) + 0.2 * rho ** (5.0 / 3.0)
+    feats = torch.cat([rho[None], grad.T, tau[None]])
+    grid = Grid(coords, w, pos, torch.tensor(charges, dtype=torch.int64))
+    return feats, grid
+
+
+def perturbed(f: EGXC, scale: float = 0.05, seed: int = 7) -> EGXC:
+    """Moves every parameter (the zero-initialised last layers too) away from the init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in f.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return f
+
+
+def random_rotation(seed: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def transform(rho: torch.Tensor, grid: Grid, rot: torch.Tensor, shift: torch.Tensor):
+    """Rigid motion r -> R r + t of the molecule: grid, nuclei and gradient features."""
+    out = rho.clone()
+    out[1:4] = rot @ rho[1:4]
+    g2 = Grid(grid.coords @ rot.T + shift, grid.weights, grid.atom_coords @ rot.T + shift,
+              grid.atom_charges)  # fmt: skip
+    return out, g2
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-300))
+
+
+# --------------------------------------------------------------------------- construction
+
+
+def test_registered_nonlocal_float64_deterministic():
+    torch.manual_seed(5)
+    f1 = F.create("egxc")
+    torch.manual_seed(5)
+    f2 = EGXC()
+    assert isinstance(f1, EGXC) and "egxc" in F.available()
+    assert f1.is_local is False and f1.xctype == "MGGA" and f1.nfeat == 5
+    assert all(p.dtype == torch.float64 for p in f1.parameters())
+    sd1, sd2 = f1.state_dict(), f2.state_dict()
+    assert sd1.keys() == sd2.keys()
+    assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+
+
+@pytest.mark.parametrize("baseline", ["pbe", "lda", "blyp", "b3lyp_semilocal"])
+def test_init_equals_classical_baseline_exactly(baseline):
+    rho, grid = water()
+    rho2 = torch.stack([rho, 0.7 * rho])  # a batch of two densities
+    f = F.create("egxc", baseline=baseline)
+    ref = F.create(baseline)
+    e, e_ref = f.energy_density(rho2, grid), ref.energy_density(rho2, grid)
+    assert torch.equal(e, e_ref)  # bit for bit
+    exc, exc_ref = f(rho2, grid), ref(rho2, grid)
+    assert torch.equal(exc, exc_ref)
+    assert float(exc_ref[0]) < -5.0  # a real XC energy (water ~ -9 Hartree)
+
+
+def test_init_away_from_baseline_after_perturbation():
+    """The exact equality above is not vacuous: moved weights change E_xc."""
+    rho, grid = water()
+    f = perturbed(F.create("egxc"))
+    with torch.no_grad():
+        assert abs(float(f(rho, grid) - F.create("pbe")(rho, grid))) > 1e-3
+
+
+# --------------------------------------------------------------------------- pair maps
+
+
+def _dense_basis(coords, atoms, cutoff, n):
+    diff = coords[:, None, :] - atoms[None]
+    d = diff.norm(dim=-1)
+    x = d / cutoff
+    k = torch.arange(1, n + 1, dtype=torch.float64)
+    rad = torch.sinc(x[..., None] * k) * _envelope(x)[..., None]  # sinc(kx) = j0(k pi x)
+    u = diff / torch.where(d > 0, d, 1.0)[..., None]
+    ylm = torch.cat([torch.ones_like(d)[..., None], u], dim=-1)
+    return (ylm[..., :, None] * rad[..., None, :]).reshape(*d.shape, 4 * n), d  # k = (m, n)
+
+
+def test_pair_maps_match_dense_reference_and_are_adjoint():
+    g = torch.Generator().manual_seed(0)
+    atoms = 2.0 * torch.randn(5, 3, generator=g, dtype=torch.float64)
+    coords = 4.0 * torch.randn(900, 3, generator=g, dtype=torch.float64)
+    coords[0] = atoms[1]  # a point on a nucleus (d = 0)
+    coords[1] = atoms[2] + torch.tensor([5.0, 0.0, 0.0], dtype=torch.float64)  # on the cutoff
+    ps = PairStructure(coords, atoms, 5.0, 6, block_pairs=37)
+    b, d = _dense_basis(coords, atoms, 5.0, 6)
+    assert ps.npairs == int((d < 5.0).sum()) and ps.npairs < d.numel()
+    assert all(idx.numel() <= 37 for _, idx in ps.blocks)
+    assert float(b[1, 2].abs().max()) == 0.0 and bool(torch.isfinite(b).all())
+    for bt, nf in [(1, 1), (2, 3), (1, 20), (3, 7), (5, 20)]:  # narrow and wide code paths
+        y = torch.randn(bt, 900, nf, generator=g, dtype=torch.float64)
+        t = torch.randn(bt, 5, 24, nf, generator=g, dtype=torch.float64)
+        x_ref = torch.einsum("gak,bgf->bakf", b, y)
+        y_ref = torch.einsum("gak,bakf->bgf", b, t)
+        assert rel(ps.gather(y), x_ref) < 1e-13
+        assert rel(ps.scatter(t), y_ref) < 1e-13
+        lhs, rhs = (ps.scatter(t) * y).sum(), (t * ps.gather(y)).sum()
+        assert abs(float(lhs - rhs)) < 1e-12 * float((t.abs() * ps.gather(y).abs()).sum())
+
+
+def test_pairs_grow_linearly_with_alkane_length():
+    """Pairs within the cutoff (= the work of the pair maps) grow linearly along C_nH_2n+2."""
+    stats = {}
+    for n in (4, 8, 16):
+        grid, _ = make_grid(mole(f"alkane{n}", "sto-3g"), level=0)
+        ps = pair_structure(grid, 5.0, 16, block_pairs=4096)
+        assert all(idx.numel() <= 4096 for _, idx in ps.blocks)  # bounded memory per block
+        stats[n] = (ps.npairs, grid.ngrid, ps.natm)
+    per_c_small = (stats[8][0] - stats[4][0]) / 4
+    per_c_large = (stats[16][0] - stats[8][0]) / 8
+    assert abs(per_c_large / per_c_small - 1.0) < 0.05
+    # a point sees a bounded number of atoms: pairs / point does not grow with the chain
+    assert stats[16][0] / stats[16][1] < 1.25 * stats[8][0] / stats[8][1]
+    assert stats[16][0] < 0.25 * stats[16][1] * stats[16][2]  # far from all-pairs
+
+
+def test_basis_cache_is_bounded_exact_and_released(monkeypatch):
+    rho, grid0 = toy(npts=40)
+
+    def fresh():  # a new Grid object has no cached structures yet
+        return Grid(grid0.coords, grid0.weights, grid0.atom_coords, grid0.atom_charges)
+
+    f = perturbed(F.create("egxc"))
+
+    def value_and_grad(grid):
+        x = rho.clone().requires_grad_(True)
+        e = f(x, grid)
+        (g,) = torch.autograd.grad(e, x)
+        return e.detach(), g
+
+    monkeypatch.setattr(egxc, "BASIS_CACHE_MB", 0.0)
+    grid_a = fresh()
+    e0, g0 = value_and_grad(grid_a)
+    assert pair_structure(grid_a, f.cutoff, f.n_radial, f.block_pairs)._box[0] == 0
+    monkeypatch.setattr(egxc, "BASIS_CACHE_MB", egxc._cached_bytes[0] / 2**20 + 64.0)  # room
+    grid_b = fresh()
+    before = egxc._cached_bytes[0]
+    e1, g1 = value_and_grad(grid_b)  # fills the cache
+    e2, g2 = value_and_grad(grid_b)  # uses it
+    held = pair_structure(grid_b, f.cutoff, f.n_radial, f.block_pairs)._box[0]
+    assert held == 20 * 8 * pair_structure(grid_b, f.cutoff, f.n_radial, f.block_pairs).npairs
+    assert egxc._cached_bytes[0] == before + held
+    assert torch.equal(e0, e1) and torch.equal(e1, e2)
+    assert torch.equal(g0, g1) and torch.equal(g1, g2)
+    del grid_b
+    gc.collect()
+    assert egxc._cached_bytes[0] == before  # released with the grid
+
+
+def test_neighbour_structure_is_cached_on_the_grid():
+    rho, grid = toy()
+    f = F.create("egxc")
+    f(rho, grid)
+    ps = pair_structure(grid, f.cutoff, f.n_radial, f.block_pairs)
+    f(rho, grid)
+    assert pair_structure(grid, f.cutoff, f.n_radial, f.block_pairs) is ps
+
+
+# --------------------------------------------------------------------------- symmetry
+
+
+def test_rotation_translation_invariance_and_equivariance():
+    rho, grid = water()
+    f = perturbed(F.create("egxc"))
+    rot, shift = random_rotation(), torch.tensor([1.3, -0.7, 2.1], dtype=torch.float64)
+    rho_r, grid_r = transform(rho, grid, rot, shift)
+    with torch.no_grad():
+        e, e_r = f(rho, grid), f(rho_r, grid_r)
+        h, h_r = f.embedding(rho, grid), f.embedding(rho_r, grid_r)
+        (s, v), (s_r, v_r) = f.atom_features(rho, grid), f.atom_features(rho_r, grid_r)
+        g, g_r = f.nonlocal_features(rho, grid), f.nonlocal_features(rho_r, grid_r)
+        ed, ed_r = f.energy_density(rho, grid), f.energy_density(rho_r, grid_r)
+    assert abs(float(e_r - e)) < 1e-10
+    # density-integrated l = 0 features invariant, l = 1 features rotate as vectors
+    assert float((h_r[..., 0] - h[..., 0]).abs().max()) < 1e-10
+    assert float((h_r[..., 1:4] - h[..., 1:4] @ rot.T).abs().max()) < 1e-10
+    assert float((h_r[..., 1:4] - h[..., 1:4]).abs().max()) > 1e-2  # they do change
+    # PaiNN scalars invariant, vectors equivariant (v[a, :, f] -> R v[a, :, f])
+    assert float((s_r - s).abs().max()) < 1e-10
+    assert float((v_r - torch.einsum("ij,ajf->aif", rot, v)).abs().max()) < 1e-10
+    assert float(v.abs().max()) > 0.1 and float((v_r - v).abs().max()) > 1e-2
+    assert float((g_r - g).abs().max()) < 1e-10
+    assert float((ed_r - ed).abs().max()) < 1e-10
+
+
+def test_size_extensive_for_far_apart_molecules():
+    """Two molecules beyond every cutoff: E(A + B) = E(A) + E(B), per point too."""
+    f = perturbed(F.create("egxc"))
+    rho_a, grid_a = water()
+    rho_b, grid_b = toy(charges=(7, 1), npts=30, seed=2, shift=(100.0, 0.0, 0.0))
+    grid_ab = Grid(
+        torch.cat([grid_a.coords, grid_b.coords]),
+        torch.cat([grid_a.weights, grid_b.weights]),
+        torch.cat([grid_a.atom_coords, grid_b.atom_coords]),
+        torch.cat([grid_a.atom_charges, grid_b.atom_charges]),
+    )
+    rho_ab = torch.cat([rho_a, rho_b], dim=1)
+    with torch.no_grad():
+        e_a, e_b, e_ab = f(rho_a, grid_a), f(rho_b, grid_b), f(rho_ab, grid_ab)
+        ed_ab = f.energy_density(rho_ab, grid_ab)
+        ed = torch.cat([f.energy_density(rho_a, grid_a), f.energy_density(rho_b, grid_b)])
+    assert abs(float(e_ab - (e_a + e_b))) < 1e-10
+    assert float((ed_ab - ed).abs().max()) < 1e-12
+    assert abs(float(e_b)) > 1e-3  # both parts contribute
+
+
+# --------------------------------------------------------------------------- derivatives
+
+
+def test_gradcheck_and_gradgradcheck_energy_density():
+    """Full nonlocal Jacobian (ngrid x 5 ngrid) and its derivative, by finite differences."""
+    torch.manual_seed(11)
+    f = perturbed(F.create("egxc", **SMALL), scale=0.3)
+    rho, grid = toy(npts=6)
+    x = rho.clone().requires_grad_(True)
+
+    def fn(r):
+        return f.energy_density(r, grid)
+
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-8, rtol=1e-6)
+    assert torch.autograd.gradgradcheck(fn, (x,), eps=1e-6, atol=1e-8, rtol=1e-6)
+    # and it is nonlocal: the XC density at one point depends on the density at others
+    jac = torch.autograd.functional.jacobian(fn, x)  # (ngrid, 5, ngrid)
+    off = jac[:, 0, :] - torch.diag(torch.diagonal(jac[:, 0, :]))
+    assert float(off.abs().max()) > 1e-6
+
+
+def test_gradcheck_and_gradgradcheck_default_size_energy():
+    torch.manual_seed(12)
+    f = perturbed(F.create("egxc"), scale=0.1)
+    rho, grid = toy(npts=5, seed=1)
+    x = rho.clone().requires_grad_(True)
+
+    def fn(r):
+        return f(r, grid)
+
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-8, rtol=1e-6)
+    assert torch.autograd.gradgradcheck(fn, (x,), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["gamma_net.4.weight", "painn.0.filt.weight", "readout.2.bias"])
+def test_parameter_derivative_of_potential(name):
+    """d/dtheta of (dE/drho . v): what the gradient and Hessian losses differentiate."""
+    torch.manual_seed(13)
+    f = perturbed(F.create("egxc", **SMALL), scale=0.3)
+    rho, grid = toy(npts=6, seed=3)
+    v = torch.randn_like(rho)
+    w0 = dict(f.named_parameters())[name].detach().clone().requires_grad_(True)
+
+    def fn(w):
+        r = rho.clone().requires_grad_(True)
+        e = functional_call(f, {name: w}, (r, grid))
+        (g,) = torch.autograd.grad(e, r, create_graph=True)
+        return (g * v).sum()
+
+    assert torch.autograd.gradcheck(fn, (w0,), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_finite_values_and_derivatives_at_edge_cases():
+    """rho = 0, grad = 0, tau = 0, rho = 1e-30, tau < tau_W, huge s, rho < 0: first and second
+    derivatives finite (double-where masking), also for a density that vanishes everywhere."""
+    f = perturbed(F.create("egxc"), scale=0.1)
+    rho, grid = toy(npts=6)
+    rho[:, 0] = 0.0  # everything zero
+    rho[1:4, 1] = 0.0  # grad = 0
+    rho[4, 2] = 0.0  # tau = 0
+    rho[:, 3] = torch.tensor([1e-30, 1e-31, 0.0, 0.0, 0.0])  # rho = 1e-30
+    rho[4, 4] = 0.5 * float((rho[1:4, 4] ** 2).sum() / (8 * rho[0, 4]))  # tau < tau_W
+    rho[:, 5] = torch.tensor([1e-8, 1.0, 0.0, 0.0, 1e-3])  # huge reduced gradient
+    rho[:, 6] = torch.tensor([1e-12, 1e-13, 0.0, 0.0, 1e-20])  # between rho_min and libxc's
+    rho[:, 7] = torch.tensor([-1e-12, 1e-14, 0.0, 0.0, -1e-14])  # negative round-off noise
+    for feats in (rho, torch.zeros_like(rho)):
+        x = feats.clone().requires_grad_(True)
+        e = f(x, grid)
+        (g,) = torch.autograd.grad(e, x, create_graph=True)
+        assert bool(torch.isfinite(e)) and bool(torch.isfinite(g).all())
+        # no potential where there is no density (although E_xc is nonlocal)
+        assert float(g[:, 0].detach().abs().max()) == 0.0
+        assert float(g[:, 3].detach().abs().max()) == 0.0
+        for probe in (torch.ones_like(x), torch.randn_like(x)):
+            (hv,) = torch.autograd.grad((g * probe).sum(), x, retain_graph=True)
+            assert bool(torch.isfinite(hv).all())
+        # the full Hessian of one point's energy density, off-diagonal blocks included
+        ed = f.energy_density(x, grid)
+        (g0,) = torch.autograd.grad(ed[0], x, create_graph=True)
+        hess = torch.stack([torch.autograd.grad(g0.flatten()[i], x, retain_graph=True)[0]
+                            for i in range(0, g0.numel(), 7)])  # fmt: skip
+        assert bool(torch.isfinite(hess).all())
+
+
+# --------------------------------------------------------------------------- batching, readout
+
+
+def test_batched_equals_per_sample():
+    f = perturbed(F.create("egxc"))
+    rho, grid = water()
+    scaled = rho.clone()
+    scaled[0] *= 0.8
+    scaled[1:4] *= 0.8
+    scaled[4] *= 0.8 ** (5.0 / 3.0)
+    noisy = rho * (1.0 + 0.05 * torch.rand_like(rho))
+    batch = torch.stack([rho, scaled, noisy]).requires_grad_(True)
+    e = f(batch, grid)
+    (g,) = torch.autograd.grad(e.sum(), batch)
+    for i in range(3):
+        xi = batch[i].detach().clone().requires_grad_(True)
+        ei = f(xi, grid)
+        (gi,) = torch.autograd.grad(ei, xi)
+        assert abs(float(e[i].detach() - ei.detach())) < 1e-12 * abs(float(ei.detach()))
+        assert rel(g[i], gi) < 1e-12
+        with torch.no_grad():
+            ed_i = f.energy_density(batch[i].detach(), grid)
+            ed_b = f.energy_density(batch.detach(), grid)[i]
+        assert rel(ed_b, ed_i) < 1e-12
+
+
+def test_graph_readout_integrates_to_atom_energies():
+    """E_graph is spread with normalised weights: it integrates to sum_a eps_a exactly."""
+    rho, grid = water()
+    f = F.create("egxc")
+    base = F.create("pbe")(rho, grid)
+    with torch.no_grad():
+        f.readout[-1].bias.fill_(0.25)  # eps_a = 0.25 Hartree for every atom
+        assert abs(float(f(rho, grid) - base) - 3 * 0.25) < 1e-12
+    perturbed(f)
+    with torch.no_grad():
+        f.gamma_net[-1].weight.zero_()
+        f.gamma_net[-1].bias.zero_()
+        f.local_net[-1].weight.zero_()
+        f.local_net[-1].bias.zero_()
+        s, _ = f.atom_features(rho, grid)
+        e_graph = f.readout(s).sum()
+        assert abs(float(f(rho, grid) - base - e_graph)) < 1e-12
+
+
+def test_graph_readout_off():
+    rho, grid = water()
+    f = perturbed(F.create("egxc", graph_readout=False))
+    with torch.no_grad():
+        f.gamma_net[-1].weight.zero_()
+        f.gamma_net[-1].bias.zero_()
+        f.local_net[-1].weight.zero_()
+        f.local_net[-1].bias.zero_()
+        assert float(f(rho, grid)) == float(F.create("pbe")(rho, grid))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_clear_errors():
+    rho, grid = toy()
+    f = F.create("egxc")
+    with pytest.raises(ValueError, match="atom_coords"):
+        f(rho, Grid(grid.coords, grid.weights))
+    with pytest.raises(ValueError, match="grid points"):
+        f(rho[:, :-1], grid)
+    with pytest.raises(ValueError, match="5"):
+        f(rho[:4], grid)
+    with pytest.raises(ValueError, match="baseline"):
+        F.create("egxc", baseline="mlp_mgga")
+    with pytest.raises(ValueError, match="max_charge"):
+        F.create("egxc", max_charge=4)(rho, grid)
+    lonely = Grid(grid.coords, grid.weights, torch.cat([grid.atom_coords, grid.atom_coords[:1]
+                  + 50.0]), torch.tensor([8, 1, 1, 1]))  # fmt: skip
+    with pytest.raises(ValueError, match="no grid point"):
+        F.create("egxc")(rho, lonely)
+
+
+def test_envelope_is_c2_at_the_cutoff():
+    x = torch.tensor([1.0 - 1e-4, 1.0, 1.0 + 1e-4], dtype=torch.float64)
+    v = _envelope(x)
+    assert float(v[1]) == 0.0 and float(v[2]) == 0.0 and 0.0 < float(v[0]) < 1e-9
+    assert math.isclose(float(_envelope(torch.zeros(1, dtype=torch.float64))), 1.0)
+    assert np.isclose(float(_envelope(torch.tensor([0.5], dtype=torch.float64))),
+                      1 - 21 / 32 + 35 / 64 - 15 / 128)  # fmt: skip
