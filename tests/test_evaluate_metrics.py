@@ -160,6 +160,19 @@ def test_hybrid_scf_from_reference_density(dataset, mid):
     assert default.cycles > 2
 
 
+def test_baseline_hybrid_runs_are_shared_between_functionals(dataset):
+    """'default' and 'pbe' starts do not depend on the functional: computed once, then reused."""
+    rec, mol, _, _ = _setup(dataset, "water")
+    dm = rec["scf/dm"].numpy()
+    hybrid._BASELINES.clear()
+    first = hybrid.hybrid_scf_runs(mol, dataset.config, dm, guesses=("default", "pbe", "learned"))
+    assert len(hybrid._BASELINES) == 2
+    again = hybrid.hybrid_scf_runs(mol, dataset.config, dm, guesses=("default", "pbe", "learned"))
+    assert again["default"] == first["default"] and again["pbe"] == first["pbe"]
+    other = hybrid.hybrid_scf_runs(mol, dataset.config, guesses=("default",), max_cycle=50)
+    assert len(hybrid._BASELINES) == 3 and other["default"].converged  # other settings: new run
+
+
 def test_failed_scf_is_listed_not_hidden():
     r = core.evaluate_checkpoint(
         "functional:pbe", evaluation_data(), max_cycle=2, hybrid=False, tddft=False,

@@ -579,3 +579,12 @@ def test_check_flags_corrupted_data(tmp_path):
     r = cli("--check", path)
     assert r.returncode == 1
     assert "exceeds grad_tol" in r.stdout and "hess/hv is not symmetric" in r.stdout
+
+
+def test_no_gradient_or_hessian_samples():
+    """k_grad = k_hess = 0 (e.g. a test set with TDDFT only) stores empty target stacks."""
+    mol = sources.qm9_molecules(indices="3")[0]
+    res = reference.compute_reference(mol, small_reference(k_grad=0, k_hess=0))
+    nvir, nocc = res.arrays["scf/g"].shape
+    for key in ("grad/x", "grad/g", "hess/v", "hess/hv", "hess/hv_j"):
+        assert res.arrays[key].shape == (0, nvir, nocc), key

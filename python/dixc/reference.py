@@ -495,8 +495,8 @@ def compute_reference(
     # ---- Hessian-vector products at D*
     clock.start()
     v = rng.standard_normal((config.k_hess, nvir, nocc))
-    v /= np.linalg.norm(v.reshape(config.k_hess, -1), axis=1)[:, None, None]
     if config.k_hess:
+        v /= np.linalg.norm(v.reshape(config.k_hess, -1), axis=1)[:, None, None]
         hv = hessian_vector_products(mf, mo_coeff, fock, v)
         vj = np.asarray(mf.get_j(mol, probe_density(mo_coeff, v), hermi=1))
         vj = vj.reshape(config.k_hess, *fock.shape)
