@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         timings["check"] = time.perf_counter() - t
 
     t = _step(1, "reference data: B3LYP/def2-SVP, gradients, Hessian probes (cached)")
-    train_data, test_data = os.path.join(out, "data-train"), os.path.join(out, "data-test")
+    # data directories are named by what determines their contents (generation resumes there)
+    train_data = os.path.join(out, "data-train")
+    test_data = os.path.join(out, f"data-test-n{args.n_test}-s{args.n_states}-seed{args.seed}")
     _generate(args, train_data, ["--max-heavy", "3", "--k-grad", "4", "--k-hess", "8"])
     _generate(
         args,
