@@ -125,3 +125,28 @@ def eval_ao_ref_by_shell(basis: dixc.Basis, coords: torch.Tensor, deriv: int) ->
         parts.append((ao0, dixc.ops.eval_ao_ref(one, coords, deriv)))
     parts.sort(key=lambda p: p[0])
     return torch.cat([p[1] for p in parts], dim=1)
+
+
+def random_rotation(seed: int) -> torch.Tensor:
+    """A proper rotation matrix (3, 3), float64, deterministic in ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def rigid_motion(rho: torch.Tensor, grid, rot: torch.Tensor, shift: torch.Tensor):
+    """Features ((B,) 5, ngrid) and grid of the moved molecule (r -> R r + t, grad -> R grad)."""
+    from dixc.grid import Grid
+
+    rho2 = rho.clone()
+    rho2[..., 1:4, :] = torch.einsum("ij,...jg->...ig", rot, rho[..., 1:4, :])
+    grid2 = Grid(
+        coords=grid.coords @ rot.T + shift,
+        weights=grid.weights,
+        atom_coords=grid.atom_coords @ rot.T + shift,
+        atom_charges=grid.atom_charges,
+    )
+    return rho2, grid2

@@ -23,6 +23,7 @@ import torch
 
 import dixc.functionals as F
 from _ks import pyscf_pbe
+from _util import random_rotation, rigid_motion
 from dixc import scf as dscf
 from dixc.context import MolContext
 from dixc.grid import Grid
@@ -49,28 +50,6 @@ def energy(f, rho, grid) -> float:
         return float(f(rho, grid))
 
 
-def _rotation(seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))
-    if torch.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
-def _moved(rho: torch.Tensor, grid: Grid, rot: torch.Tensor, shift: torch.Tensor):
-    """Features and grid of the rigidly moved molecule: r -> R r + t, grad rho -> R grad rho."""
-    rho2 = rho.clone()
-    rho2[..., 1:4, :] = torch.einsum("ij,...jg->...ig", rot, rho[..., 1:4, :])
-    grid2 = Grid(
-        coords=grid.coords @ rot.T + shift,
-        weights=grid.weights,
-        atom_coords=grid.atom_coords @ rot.T + shift,
-        atom_charges=grid.atom_charges,
-    )
-    return rho2, grid2
-
-
 @pytest.fixture(scope="module")
 def water_features():
     _, mf, ctx = pyscf_pbe("water", 1)
@@ -84,7 +63,7 @@ def test_rotation_translation_invariance(name, water_features):
     f = perturbed(name)
     e0 = energy(f, rho, grid)
     for seed in (1, 2):
-        rho2, grid2 = _moved(rho, grid, _rotation(seed), torch.tensor([0.7, -1.3, 2.1]))
+        rho2, grid2 = rigid_motion(rho, grid, random_rotation(seed), torch.tensor([0.7, -1.3, 2.1]))
         assert abs(energy(f, rho2, grid2) - e0) < 1e-10
 
 
@@ -92,7 +71,7 @@ def test_rotation_translation_invariance(name, water_features):
 def test_size_extensivity(name, water_features):
     rho, grid = water_features
     f = perturbed(name)
-    rho_b, grid_b = _moved(rho, grid, _rotation(3), torch.tensor([100.0, 0.0, 0.0]))
+    rho_b, grid_b = rigid_motion(rho, grid, random_rotation(3), torch.tensor([100.0, 0.0, 0.0]))
     both = Grid(
         coords=torch.cat([grid.coords, grid_b.coords]),
         weights=torch.cat([grid.weights, grid_b.weights]),

@@ -14,6 +14,7 @@ import torch
 from torch.func import functional_call
 
 import dixc.functionals as F
+from _util import random_rotation, rigid_motion
 from dixc.functionals import egxc
 from dixc.functionals.egxc import EGXC, PairStructure, _envelope, pair_structure
 from dixc.grid import Grid, make_grid
@@ -81,24 +82,6 @@ def perturbed(f: EGXC, scale: float = 0.05, seed: int = 7) -> EGXC:
         for p in f.parameters():
             p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return f
-
-
-def random_rotation(seed: int = 3) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))
-    if torch.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
-def transform(rho: torch.Tensor, grid: Grid, rot: torch.Tensor, shift: torch.Tensor):
-    """Rigid motion r -> R r + t of the molecule: grid, nuclei and gradient features."""
-    out = rho.clone()
-    out[1:4] = rot @ rho[1:4]
-    g2 = Grid(grid.coords @ rot.T + shift, grid.weights, grid.atom_coords @ rot.T + shift,
-              grid.atom_charges)  # fmt: skip
-    return out, g2
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -242,8 +225,8 @@ def test_neighbour_structure_is_cached_on_the_grid():
 def test_rotation_translation_invariance_and_equivariance():
     rho, grid = water()
     f = perturbed(F.create("egxc"))
-    rot, shift = random_rotation(), torch.tensor([1.3, -0.7, 2.1], dtype=torch.float64)
-    rho_r, grid_r = transform(rho, grid, rot, shift)
+    rot, shift = random_rotation(3), torch.tensor([1.3, -0.7, 2.1], dtype=torch.float64)
+    rho_r, grid_r = rigid_motion(rho, grid, rot, shift)
     with torch.no_grad():
         e, e_r = f(rho, grid), f(rho_r, grid_r)
         h, h_r = f.embedding(rho, grid), f.embedding(rho_r, grid_r)
