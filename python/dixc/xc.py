@@ -27,10 +27,17 @@ def _check_finite(value: torch.Tensor, what: str, ctx: MolContext) -> None:
 
 
 CHUNK = 32768  # grid points per chunk when a local functional runs without a kept graph
+# grid points per chunk of the recomputed training graph: its Hessian variant holds ~6 graphs of
+# the network per point (~150 kB for Skala-mGGA's 256-wide MLP), 4096 points ~0.6 GB
+CHUNK_GRAPH = 4096
 
 
 def _local_derivs(
-    functional: XCFunctional, rho: torch.Tensor, weights: torch.Tensor, hessian: bool
+    functional: XCFunctional,
+    rho: torch.Tensor,
+    weights: torch.Tensor,
+    hessian: bool,
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """E_xc, dE/d rho and (optionally) the per-point Hessian of a local functional, chunked.
 
@@ -40,12 +47,12 @@ def _local_derivs(
     Returns:
         ``(exc ((B,)), wv (same shape as rho), hess (nfeat, nfeat, ngrid) or None)``.
     """
-    ngrid = rho.shape[-1]
+    ngrid, chunk = rho.shape[-1], chunk or CHUNK
     exc = rho.new_zeros(rho.shape[:-2])
     wv = torch.empty_like(rho)
     hess = rho.new_empty(rho.shape[-2], rho.shape[-2], ngrid) if hessian else None
-    for a in range(0, ngrid, CHUNK):
-        b = min(a + CHUNK, ngrid)
+    for a in range(0, ngrid, chunk):
+        b = min(a + chunk, ngrid)
         with torch.enable_grad():
             r = rho[..., a:b].detach().requires_grad_(True)
             e = functional.energy_density(r) @ weights[a:b]
@@ -57,6 +64,80 @@ def _local_derivs(
         exc += e.detach()
         wv[..., a:b] = g.detach()
     return exc, wv, hess
+
+
+class _LocalXCRecompute(torch.autograd.Function):
+    """E_xc, dE/d rho (and the per-point Hessian) of a local functional, graph recomputed.
+
+    Training differentiates E_xc twice (V_xc) or three times (f_xc) and then once more w.r.t. the
+    parameters. Kept as an autograd graph, every evaluation holds the network's activations and
+    their derivatives for all grid points until ``backward`` (a 256-wide per-point MLP: ~25 kB
+    per point, >15 GB for one small molecule through an unrolled SCF). Here the forward computes
+    the derivatives chunk by chunk without a graph and saves only ``rho`` and the parameters; the
+    backward recomputes each chunk's graph and contracts it with the incoming gradients:
+        d/dx [<g_E, E> + <g_w, dE/d rho> + <g_H, d^2E/d rho^2>]  for x in (rho, parameters).
+    Memory is then one chunk's graph (``CHUNK_GRAPH`` points) at a time. Under ``create_graph``
+    (higher derivatives of the backward itself) the recomputed graph is kept, so every order
+    stays exact.
+
+    ``apply(functional, weights, hessian, rho, *params)`` -> ``(exc, wv)`` or ``(exc, wv, hess)``
+    with the shapes of :func:`_local_derivs` (``hessian`` needs an unbatched ``rho``).
+    """
+
+    @staticmethod
+    def forward(ctx, functional, weights, hessian, rho, *params):
+        exc, wv, hess = _local_derivs(functional, rho, weights, hessian, CHUNK_GRAPH)
+        ctx.functional, ctx.hessian = functional, hessian
+        ctx.param_ids = tuple(id(p) for p in params)
+        ctx.save_for_backward(rho, weights, *params)
+        return (exc, wv, hess) if hessian else (exc, wv)
+
+    @staticmethod
+    def backward(ctx, gexc, gwv, ghess=None):
+        rho, weights, *params = ctx.saved_tensors
+        now = tuple(id(p) for p in ctx.functional.parameters() if p.requires_grad)
+        if now != ctx.param_ids:  # the recomputation must see the forward's parameters
+            raise RuntimeError(
+                f"dixc: the parameters of {type(ctx.functional).__name__} changed between the "
+                "forward and the backward of E_xc (tensors replaced or requires_grad toggled); "
+                "run backward before changing the module's parameters"
+            )
+        create = torch.is_grad_enabled()
+        need_rho = ctx.needs_input_grad[3]
+        grho: list[torch.Tensor] = []
+        gparams: list[torch.Tensor | None] = [None] * len(params)
+        ngrid = rho.shape[-1]
+        for a in range(0, ngrid, CHUNK_GRAPH):
+            b = min(a + CHUNK_GRAPH, ngrid)
+            with torch.enable_grad():
+                r = rho[..., a:b]
+                if not (create and r.requires_grad):
+                    r = r.detach().requires_grad_(True)
+                e = ctx.functional.energy_density(r) @ weights[a:b]
+                (g,) = torch.autograd.grad(e.sum(), r, create_graph=True)
+                s = (gexc * e).sum() + (gwv[..., a:b] * g).sum()
+                if ctx.hessian:
+                    for k in range(r.shape[-2]):
+                        (hk,) = torch.autograd.grad(
+                            g[k].sum(), r, create_graph=True, allow_unused=True
+                        )
+                        if hk is not None:
+                            s = s + (ghess[k, :, a:b] * hk).sum()
+                grads = torch.autograd.grad(s, [r, *params], allow_unused=True, create_graph=create)
+            if need_rho:
+                grho.append(grads[0])
+            for i, gp in enumerate(grads[1:]):
+                if gp is not None:
+                    gparams[i] = gp if gparams[i] is None else gparams[i] + gp
+        return (None, None, None, torch.cat(grho, dim=-1) if need_rho else None, *gparams)
+
+
+def _local_xc_graph(
+    functional: XCFunctional, rho: torch.Tensor, weights: torch.Tensor, hessian: bool
+) -> tuple[torch.Tensor, ...]:
+    """:class:`_LocalXCRecompute` for a local functional: differentiable, memory-bounded."""
+    params = [p for p in functional.parameters() if p.requires_grad]
+    return _LocalXCRecompute.apply(functional, weights, hessian, rho, *params)
 
 
 def _exc_vxc_rho(
@@ -86,6 +167,16 @@ def _exc_vxc_rho(
         vxc = ctx.contract_vxc(wv, xctype)
         _check_finite(exc, "E_xc", ctx)
         return exc, vxc, rho
+    if functional.is_local:  # training: graph recomputed in backward (memory-bounded)
+        rho = ctx.eval_rho(dm, xctype)
+        exc, wv = _local_xc_graph(functional, rho[..., : functional.nfeat, :], ctx.grid.weights,
+                                  hessian=False)  # fmt: skip
+        if wv.shape[-2] != rho.shape[-2]:
+            wv = torch.cat([wv, wv.new_zeros(*wv.shape[:-2], rho.shape[-2] - wv.shape[-2],
+                                             wv.shape[-1])], dim=-2)  # fmt: skip
+        vxc = ctx.contract_vxc(wv, xctype)
+        _check_finite(exc, "E_xc", ctx)
+        return exc, vxc, rho.detach()
     with torch.enable_grad():
         rho = ctx.eval_rho(dm, xctype)
         if not rho.requires_grad:
@@ -143,6 +234,15 @@ class XCKernel:
             # No graph kept: chunked and memory-bounded; the feature Hessian is built on demand.
             self.exc0, self._g, _ = _local_derivs(functional, rho0, ctx.grid.weights, False)
             self.rho0 = rho0
+            return
+        if functional.is_local:  # training: feature Hessian with a recomputed graph
+            nf = functional.nfeat
+            exc, g, hess = _local_xc_graph(functional, rho0[:nf], ctx.grid.weights, hessian=True)
+            if nf != rho0.shape[0]:
+                g = torch.cat([g, g.new_zeros(rho0.shape[0] - nf, g.shape[-1])])
+                hess = torch.nn.functional.pad(hess, (0, 0, 0, rho0.shape[0] - nf,
+                                                      0, rho0.shape[0] - nf))  # fmt: skip
+            self.rho0, self.exc0, self._g, self._hess = rho0, exc, g, hess
             return
         with torch.enable_grad():
             rho0.requires_grad_(True)

@@ -1,0 +1,163 @@
+"""The training path of local functionals: E_xc, V_xc and f_xc with the graph recomputed.
+
+``dixc.xc._LocalXCRecompute`` returns (E_xc, dE/d rho, d^2E/d rho^2) with only rho and the
+parameters saved; its backward recomputes each chunk's graph. Checked against the plain autograd
+graph (same values and gradients w.r.t. rho and the parameters to 1e-12), with torch's gradcheck
+and gradgradcheck (the backward is itself differentiable), over several chunks, and for the
+memory it keeps (bytes saved for backward), which is the reason it exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import dixc.functionals as F
+from dixc import xc
+
+
+def _features(ngrid: int, seed: int = 0) -> torch.Tensor:
+    """Physical closed-shell meta-GGA features (n, grad n, tau) with tau >= tau_W."""
+    g = torch.Generator().manual_seed(seed)
+    n = torch.rand(ngrid, generator=g, dtype=torch.float64) * 2.0 + 1e-3
+    grad = torch.randn(3, ngrid, generator=g, dtype=torch.float64) * n
+    tau_w = (grad**2).sum(0) / (8.0 * n)
+    tau = tau_w + torch.rand(ngrid, generator=g, dtype=torch.float64) * n
+    return torch.cat([n[None], grad, tau[None]])
+
+
+def _functional(name: str, **kw) -> F.XCFunctional:
+    torch.manual_seed(0)
+    f = F.create(name, **kw)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in f.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return f
+
+
+def _direct(f, rho, w, hessian):
+    """The plain autograd graph: E, dE/d rho and the per-point Hessian, all differentiable."""
+    e = f.energy_density(rho) @ w
+    (g,) = torch.autograd.grad(e.sum(), rho, create_graph=True)
+    if not hessian:
+        return e, g
+    rows = [torch.autograd.grad(g[k].sum(), rho, create_graph=True)[0] for k in range(len(g))]
+    return e, g, torch.stack(rows)
+
+
+@pytest.mark.parametrize("name", ["xcdiff", "nnmgga", "skala_mgga"])
+@pytest.mark.parametrize("hessian", [False, True])
+def test_matches_plain_graph(monkeypatch, name, hessian):
+    """Values and first derivatives (w.r.t. rho and parameters) of a random linear functional of
+    the outputs equal the plain graph's to 1e-12, with the grid split into 4 chunks."""
+    monkeypatch.setattr(xc, "CHUNK_GRAPH", 16)
+    f = _functional(name)
+    rho = _features(61)
+    w = torch.rand(61, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    params = [p for p in f.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(3)
+
+    def probe(outs):
+        return sum((torch.randn(o.shape, generator=gen, dtype=o.dtype) * o).sum() for o in outs)
+
+    r1 = rho.clone().requires_grad_(True)
+    out1 = xc._local_xc_graph(f, r1, w, hessian)
+    gen.manual_seed(3)
+    g1 = torch.autograd.grad(probe(out1), [r1, *params])
+    r2 = rho.clone().requires_grad_(True)
+    out2 = _direct(f, r2, w, hessian)
+    gen.manual_seed(3)
+    g2 = torch.autograd.grad(probe(out2), [r2, *params])
+    for a, b in zip(out1, out2, strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-14)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("hessian", [False, True])
+def test_gradcheck_and_gradgradcheck(monkeypatch, hessian):
+    """The Function and its backward against finite differences (rho and one weight matrix)."""
+    monkeypatch.setattr(xc, "CHUNK_GRAPH", 3)
+    f = _functional("xcdiff")
+    rho = _features(7).requires_grad_(True)
+    w = torch.rand(7, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    p0 = min((p for p in f.parameters() if p.requires_grad), key=lambda p: p.numel())
+    p = p0.detach().clone().requires_grad_(True)  # stands in for the first parameter tensor
+    with _replaced(f, p0, p):
+
+        def fn(r, q):  # q is p, which the module now uses (gradcheck perturbs it in place)
+            return xc._local_xc_graph(f, r, w, hessian)
+
+        # with the Hessian output (175 numbers) the full second-order Jacobian takes minutes:
+        # fast mode checks it along random directions instead (still against finite differences)
+        kw = {"eps": 1e-6, "atol": 1e-8, "rtol": 1e-6, "fast_mode": hessian}
+        assert torch.autograd.gradcheck(fn, (rho, p), **kw)
+        assert torch.autograd.gradgradcheck(fn, (rho, p), **kw)
+
+
+@contextlib.contextmanager
+def _replaced(module, param, value):
+    """Within the block ``module`` uses the tensor ``value`` in place of its parameter ``param``."""
+    for mod in module.modules():
+        for k, v in list(mod._parameters.items()):
+            if v is param:
+                mod._parameters[k] = value
+                try:
+                    yield
+                finally:
+                    mod._parameters[k] = param
+                return
+    raise AssertionError("parameter not found")
+
+
+def test_parameters_swapped_before_backward_is_an_error():
+    f = _functional("xcdiff")
+    rho = _features(5).requires_grad_(True)
+    w = torch.ones(5, dtype=torch.float64)
+    p0 = next(p for p in f.parameters() if p.requires_grad)
+    with _replaced(f, p0, p0.detach().clone().requires_grad_(True)):
+        exc, _ = xc._local_xc_graph(f, rho, w, False)
+    with pytest.raises(RuntimeError, match="changed between the forward and the backward"):
+        exc.sum().backward()
+
+
+def _graph_saved_bytes(outs) -> int:
+    """Bytes of the distinct tensors saved for backward anywhere in the outputs' graph."""
+    sizes: dict[int, int] = {}
+    seen: set[int] = set()
+    stack = [o.grad_fn for o in outs if o.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        saved = []
+        for name in dir(node):
+            if name.startswith("_saved_") or name == "saved_tensors":
+                try:
+                    v = getattr(node, name)
+                except RuntimeError:
+                    continue
+                saved += list(v) if isinstance(v, (tuple, list)) else [v]
+        for t in saved:
+            if isinstance(t, torch.Tensor) and t.numel():
+                sizes[t.data_ptr()] = max(sizes.get(t.data_ptr(), 0), t.numel() * t.element_size())
+        stack += [nf for nf, _ in node.next_functions]
+    return sum(sizes.values())
+
+
+@pytest.mark.parametrize("hessian", [False, True])
+def test_saved_memory_is_bounded(hessian):
+    """Only rho, the weights and the parameters are saved for backward; the plain graph keeps
+    the 256-wide activations (and their derivatives) of every point: >100x more here."""
+    f = _functional("skala_mgga")
+    rho = _features(2000).requires_grad_(True)
+    w = torch.rand(2000, dtype=torch.float64)
+    bound = (rho.numel() + w.numel() + sum(p.numel() for p in f.parameters())) * 8
+    rec = _graph_saved_bytes(xc._local_xc_graph(f, rho, w, hessian))
+    plain = _graph_saved_bytes(_direct(f, rho, w, hessian))
+    assert 0 < rec <= bound
+    assert plain > 100 * rho.numel() * 8 + bound
