@@ -376,7 +376,22 @@ def _stage_report(a) -> None:
             ]
             delta.append(f"| **mean** | {preset} | " + " | ".join(_fmt(c, "+.0f") for c in mean)
                          + " |")  # fmt: skip
+    # cost of a training step per molecule: architecture x preset, overhead vs the first preset
+    cost = ["| architecture | " + " | ".join(a.presets) + f" | last / {a.presets[0]} |",
+            "|---|" + "---|" * (len(a.presets) + 1)]  # fmt: skip
+    for arch in a.archs:
+        sec = {r["label"].partition(" ")[2]: r["s_per_molecule_step"] for r in rows
+               if r["label"].startswith(arch + " ")}  # fmt: skip
+        if not any(sec.values()):
+            continue
+        first, last = sec.get(a.presets[0]), sec.get(a.presets[-1])
+        ratio = last / first if first and last else None
+        cost.append(f"| {arch} | " + " | ".join(_fmt(sec.get(p), ".2f") for p in a.presets)
+                    + f" | {_fmt(ratio, '.2f')} |")  # fmt: skip
     text = (
+        "## Cost per training step (median wall seconds per molecule-step)\n\n"
+        + "\n".join(cost)
+        + "\n\n"
         "## Per run\n\n" + "\n".join(table) + "\n\n## DI-Loss presets vs E+rho (relative change; "
         "negative = better)\n\n" + "\n".join(delta) + "\n\n" + PUBLISHED + "\n\n"
         "## dixc evaluate comparison table\n\n" + comparison_table(results) + "\n"

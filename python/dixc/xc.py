@@ -41,13 +41,14 @@ def _local_derivs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """E_xc, dE/d rho and (optionally) the per-point Hessian of a local functional, chunked.
 
-    Memory is bounded by ``CHUNK`` points of the functional's autograd graph (a large MLP's
-    activations over a whole molecular grid would not fit). No graph is kept.
+    Memory is bounded by ``chunk`` points of the functional's autograd graph (default ``CHUNK``,
+    ``CHUNK_GRAPH`` with the Hessian; a large MLP's activations over a whole molecular grid
+    would not fit). No graph is kept.
 
     Returns:
         ``(exc ((B,)), wv (same shape as rho), hess (nfeat, nfeat, ngrid) or None)``.
     """
-    ngrid, chunk = rho.shape[-1], chunk or CHUNK
+    ngrid, chunk = rho.shape[-1], chunk or (CHUNK_GRAPH if hessian else CHUNK)
     exc = rho.new_zeros(rho.shape[:-2])
     wv = torch.empty_like(rho)
     hess = rho.new_empty(rho.shape[-2], rho.shape[-2], ngrid) if hessian else None
