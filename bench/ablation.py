@@ -60,6 +60,9 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="parallel subprocesses (1 thread each)")
     p.add_argument("--stages", nargs="+", default=["pretrain", "train", "evaluate", "report"])
     p.add_argument("--quiet", action="store_true", help="no progress bars in the subprocesses")
+    p.add_argument("--tddft-archs", nargs="*", default=None, metavar="ARCH",
+                   help="run TDDFT only for these architectures (and PBE); default: all. The "
+                   "published TDDFT comparison is XCdiff's")  # fmt: skip
     p.add_argument("--exclusive", nargs="*", default=[], metavar="ARCH",
                    help="architectures trained one at a time (one lane of their own; for runs "
                    "that need most of the memory)")  # fmt: skip
@@ -170,7 +173,8 @@ def _work_evaluate(a, specs: list[str]) -> None:
             else:
                 ckpt = os.path.join(a.out, "train", f"{arch}-{_tag(preset)}")
                 label = _label(arch, preset)
-            res = evaluate_checkpoint(ckpt, ds, label=label, progress=not a.quiet)
+            tddft = a.tddft_archs is None or arch == "pbe" or arch in a.tddft_archs
+            res = evaluate_checkpoint(ckpt, ds, label=label, tddft=tddft, progress=not a.quiet)
             with atomic_path(_eval_path(a, arch, preset)) as tmp:
                 res.save(tmp)
             print(f"{label}: {json.dumps(res.summary.get('energy_mae_mEh'))} mEh")
@@ -193,7 +197,8 @@ def _run_units(a, units: list[tuple[float, str, list[str]]]) -> list[str]:
             "--test-data", a.test_data, "--out", a.out, "--epochs", str(a.epochs),
             "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--val-fraction",
             str(a.val_fraction), "--pretrain-steps", str(a.pretrain_steps), "--seed", str(a.seed),
-            *(["--quiet"] if a.quiet else [])]  # fmt: skip
+            *(["--quiet"] if a.quiet else []),
+            *(["--tddft-archs", *a.tddft_archs] if a.tddft_archs is not None else [])]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     failed: list[str] = []
 
@@ -255,10 +260,18 @@ def _eval_path(a, arch: str, preset: str) -> str:
 def _stage_evaluate(a) -> list[str]:
     todo = [("pbe", "")] + [(arch, p) for arch in a.archs for p in a.presets]
     todo = [(arch, p) for arch, p in todo if not os.path.isfile(_eval_path(a, arch, p))]
+    trained = [
+        (arch, p) for arch, p in todo
+        if arch == "pbe" or os.path.isfile(os.path.join(a.out, "train", f"{arch}-{_tag(p)}",
+                                                        "summary.json"))
+    ]  # fmt: skip
+    for arch, p in sorted(set(todo) - set(trained)):
+        print(f"[ablation] not evaluated: {arch} {p} (training not finished)")
+    todo = trained
     # greedy split into --jobs groups of similar cost (each group shares its B3LYP baselines)
     groups: list[list[tuple[str, str]]] = [[] for _ in range(max(1, a.jobs))]
     load = [0.0] * len(groups)
-    for arch, p in sorted(todo, key=lambda u: -COST.get(u[0], 1.0)):
+    for arch, p in sorted(todo, key=lambda u: COST.get(u[0], 1.0)):  # cheap ones first
         k = load.index(min(load))
         groups[k].append((arch, p))
         load[k] += COST.get(arch, 1.0)
@@ -380,8 +393,8 @@ def _stage_report(a) -> None:
     cost = ["| architecture | " + " | ".join(a.presets) + f" | last / {a.presets[0]} |",
             "|---|" + "---|" * (len(a.presets) + 1)]  # fmt: skip
     for arch in a.archs:
-        sec = {r["label"].partition(" ")[2]: r["s_per_molecule_step"] for r in rows
-               if r["label"].startswith(arch + " ")}  # fmt: skip
+        sec = {p: _step_seconds(os.path.join(a.out, "train", f"{arch}-{_tag(p)}", "log.csv"))
+               for p in a.presets}  # fmt: skip
         if not any(sec.values()):
             continue
         first, last = sec.get(a.presets[0]), sec.get(a.presets[-1])
