@@ -80,33 +80,16 @@ def _label(arch: str, preset: str) -> str:
 
 
 def _train_config(a, arch: str, preset: str) -> dict:
-    """The demo's training recipe (``dixc.demo``) with the architecture's own initialisation."""
-    return {
-        "data": {"path": a.train_data, "val_fraction": a.val_fraction, "grid_level": 1},
-        "model": {"init": os.path.join(a.out, "init", f"{arch}.safetensors")},
-        "loss": {
-            "preset": preset,
-            "scf": {"n_cycles": 8, "late_cycles": 3},
-            "grad": {"n_points": 2},
-            "hess": {"n_probes": 4},
-        },
-        "optim": {
-            "lr": ARCH_LR.get(arch, a.lr),
-            "batch_size": a.batch_size,
-            "epochs": a.epochs,
-            "warmup_steps": 3,
-            "ema_decay": 0.9,
-        },
-        "validate": {"patience": None},
-        "run": {
-            "out": os.path.join(a.out, "train", f"{arch}-{_tag(preset)}"),
-            "seed": a.seed,
-            "threads": 1,
-            "checkpoint_every": 5,
-            "progress": not a.quiet,
-            "tensorboard": False,
-        },
-    }
+    """The demo's training recipe (``dixc.demo.train_config``) with the architecture's own
+    initialisation and learning rate, one thread and frequent checkpoints."""
+    from dixc.demo import train_config
+
+    return train_config(
+        a.train_data, os.path.join(a.out, "init", f"{arch}.safetensors"), preset,
+        os.path.join(a.out, "train", f"{arch}-{_tag(preset)}"), lr=ARCH_LR.get(arch, a.lr),
+        epochs=a.epochs, seed=a.seed, threads=1, progress=not a.quiet, batch_size=a.batch_size,
+        val_fraction=a.val_fraction, checkpoint_every=5, tensorboard=False,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

@@ -105,9 +105,27 @@ def _generate(args, out: str, sel: list[str]) -> None:
         )
 
 
-def _train_config(args, data: str, init: str, preset: str, out: str) -> dict:
+def train_config(
+    data: str,
+    init: str,
+    preset: str,
+    out: str,
+    *,
+    lr: float,
+    epochs: int,
+    seed: int,
+    threads: int,
+    progress: bool = True,
+    batch_size: int = 2,
+    val_fraction: float = 0.18,
+    checkpoint_every: int = 20,
+    tensorboard: bool = True,
+) -> dict:
+    """The demo's training recipe as a ``dixc train`` config dict (also used by
+    ``bench/ablation.py``): small batches, a short unrolled SCF, 2 gradient points and 4 Hessian
+    probes per step, EMA 0.9, no early stopping, training grid level 1."""
     return {
-        "data": {"path": data, "val_fraction": 0.18, "grid_level": 1},
+        "data": {"path": data, "val_fraction": val_fraction, "grid_level": 1},
         "model": {"init": init},
         "loss": {
             "preset": preset,
@@ -116,20 +134,20 @@ def _train_config(args, data: str, init: str, preset: str, out: str) -> dict:
             "hess": {"n_probes": 4},
         },
         "optim": {
-            "lr": args.lr,
-            "batch_size": 2,
-            "epochs": args.epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "epochs": epochs,
             "warmup_steps": 3,
             "ema_decay": 0.9,
         },
         "validate": {"patience": None},
         "run": {
             "out": out,
-            "seed": args.seed,
-            "threads": torch.get_num_threads(),
-            "checkpoint_every": 20,
-            "progress": not args.quiet,
-            "tensorboard": True,
+            "seed": seed,
+            "threads": threads,
+            "checkpoint_every": checkpoint_every,
+            "progress": progress,
+            "tensorboard": tensorboard,
         },
     }
 
@@ -215,7 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
         cfg_path = run_dir + ".yaml"
         with atomic_path(cfg_path) as tmp, open(tmp, "w") as fh:
-            yaml.safe_dump(_train_config(args, train_data, init, preset, run_dir), fh)
+            cfg = train_config(
+                train_data, init, preset, run_dir, lr=args.lr, epochs=args.epochs,
+                seed=args.seed, threads=torch.get_num_threads(), progress=not args.quiet,
+            )  # fmt: skip
+            yaml.safe_dump(cfg, fh)
         rc = train_main(["--config", cfg_path])
         if rc:
             print(f"FAIL: training with {preset} exited with status {rc}")
