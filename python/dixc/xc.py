@@ -169,9 +169,10 @@ def _exc_vxc_rho(
         _check_finite(exc, "E_xc", ctx)
         return exc, vxc, rho
     if functional.is_local:  # training: graph recomputed in backward (memory-bounded)
-        rho = ctx.eval_rho(dm, xctype)
-        exc, wv = _local_xc_graph(functional, rho[..., : functional.nfeat, :], ctx.grid.weights,
-                                  hessian=False)  # fmt: skip
+        with torch.enable_grad():
+            rho = ctx.eval_rho(dm, xctype)
+            exc, wv = _local_xc_graph(functional, rho[..., : functional.nfeat, :],
+                                      ctx.grid.weights, hessian=False)  # fmt: skip
         if wv.shape[-2] != rho.shape[-2]:
             wv = torch.cat([wv, wv.new_zeros(*wv.shape[:-2], rho.shape[-2] - wv.shape[-2],
                                              wv.shape[-1])], dim=-2)  # fmt: skip
@@ -238,7 +239,8 @@ class XCKernel:
             return
         if functional.is_local:  # training: feature Hessian with a recomputed graph
             nf = functional.nfeat
-            exc, g, hess = _local_xc_graph(functional, rho0[:nf], ctx.grid.weights, hessian=True)
+            with torch.enable_grad():
+                exc, g, hess = _local_xc_graph(functional, rho0[:nf], ctx.grid.weights, True)
             if nf != rho0.shape[0]:
                 g = torch.cat([g, g.new_zeros(rho0.shape[0] - nf, g.shape[-1])])
                 hess = torch.nn.functional.pad(hess, (0, 0, 0, rho0.shape[0] - nf,
