@@ -79,6 +79,11 @@ def _label(arch: str, preset: str) -> str:
     return f"{arch} {preset}"
 
 
+def _run_dir(a, arch: str, preset: str) -> str:
+    """Training output directory of one (architecture, preset) run."""
+    return os.path.join(a.out, "train", f"{arch}-{_tag(preset)}")
+
+
 def _train_config(a, arch: str, preset: str) -> dict:
     """The demo's training recipe (``dixc.demo.train_config``) with the architecture's own
     initialisation and learning rate, one thread and frequent checkpoints."""
@@ -86,7 +91,7 @@ def _train_config(a, arch: str, preset: str) -> dict:
 
     return train_config(
         a.train_data, os.path.join(a.out, "init", f"{arch}.safetensors"), preset,
-        os.path.join(a.out, "train", f"{arch}-{_tag(preset)}"), lr=ARCH_LR.get(arch, a.lr),
+        _run_dir(a, arch, preset), lr=ARCH_LR.get(arch, a.lr),
         epochs=a.epochs, seed=a.seed, threads=1, progress=not a.quiet, batch_size=a.batch_size,
         val_fraction=a.val_fraction, checkpoint_every=5, tensorboard=False,
     )  # fmt: skip
@@ -154,7 +159,7 @@ def _work_evaluate(a, specs: list[str]) -> None:
             if arch == "pbe":
                 ckpt, label = "functional:pbe", "PBE"
             else:
-                ckpt = os.path.join(a.out, "train", f"{arch}-{_tag(preset)}")
+                ckpt = _run_dir(a, arch, preset)
                 label = _label(arch, preset)
             tddft = a.tddft_archs is None or arch == "pbe" or arch in a.tddft_archs
             res = evaluate_checkpoint(ckpt, ds, label=label, tddft=tddft, progress=not a.quiet)
@@ -228,7 +233,7 @@ def _stage_train(a) -> list[str]:
     units = []
     for arch in a.archs:
         for preset in a.presets:
-            done = os.path.join(a.out, "train", f"{arch}-{_tag(preset)}", "summary.json")
+            done = os.path.join(_run_dir(a, arch, preset), "summary.json")
             if not os.path.isfile(done):
                 units.append((COST.get(arch, 1.0), f"train {arch} {preset}",
                               ["train", arch, preset]))  # fmt: skip
@@ -236,7 +241,11 @@ def _stage_train(a) -> list[str]:
 
 
 def _eval_path(a, arch: str, preset: str) -> str:
-    label = "PBE" if arch == "pbe" else _label(arch, preset)
+    return _label_path(a, "PBE" if arch == "pbe" else _label(arch, preset))
+
+
+def _label_path(a, label: str) -> str:
+    """Evaluation result (JSON) of the row ``label``."""
     return os.path.join(a.out, "eval", label.replace(" ", "_") + ".json")
 
 
@@ -245,8 +254,7 @@ def _stage_evaluate(a) -> list[str]:
     todo = [(arch, p) for arch, p in todo if not os.path.isfile(_eval_path(a, arch, p))]
     trained = [
         (arch, p) for arch, p in todo
-        if arch == "pbe" or os.path.isfile(os.path.join(a.out, "train", f"{arch}-{_tag(p)}",
-                                                        "summary.json"))
+        if arch == "pbe" or os.path.isfile(os.path.join(_run_dir(a, arch, p), "summary.json"))
     ]  # fmt: skip
     for arch, p in sorted(set(todo) - set(trained)):
         print(f"[ablation] not evaluated: {arch} {p} (training not finished)")
@@ -300,7 +308,7 @@ def _stage_report(a) -> None:
     results, rows = [], []
     labels = [_label(arch, p) for arch in a.archs for p in a.presets] + ["PBE"]
     for label in labels:
-        path = os.path.join(a.out, "eval", label.replace(" ", "_") + ".json")
+        path = _label_path(a, label)
         if os.path.isfile(path):
             results.append(EvaluationResult.load(path))
     if not results:
@@ -335,7 +343,7 @@ def _stage_report(a) -> None:
         m = metrics(by_label[label])
         arch, _, preset = label.partition(" ")
         wall, step = None, None
-        run_dir = os.path.join(a.out, "train", f"{arch}-{_tag(preset)}")
+        run_dir = _run_dir(a, arch, preset)
         if os.path.isfile(os.path.join(run_dir, "summary.json")):
             with open(os.path.join(run_dir, "summary.json")) as fh:
                 wall = json.load(fh).get("wall_s")
@@ -376,7 +384,7 @@ def _stage_report(a) -> None:
     cost = ["| architecture | " + " | ".join(a.presets) + f" | last / {a.presets[0]} |",
             "|---|" + "---|" * (len(a.presets) + 1)]  # fmt: skip
     for arch in a.archs:
-        sec = {p: _step_seconds(os.path.join(a.out, "train", f"{arch}-{_tag(p)}", "log.csv"))
+        sec = {p: _step_seconds(os.path.join(_run_dir(a, arch, p), "log.csv"))
                for p in a.presets}  # fmt: skip
         if not any(sec.values()):
             continue
