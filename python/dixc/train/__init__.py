@@ -106,11 +106,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     Returns:
         The summary of :meth:`dixc.train.loop.Trainer.run`.
     """
-    from dixc.train.loop import Trainer, init_distributed
+    from dixc.train.loop import Trainer, close_distributed, init_distributed
 
     dist = init_distributed(cfg.run.device)
-    trainer = Trainer(cfg, resume=resume, dist=dist)
-    return trainer.run()
+    ok = False
+    try:
+        trainer = Trainer(cfg, resume=resume, dist=dist)
+        summary = trainer.run()
+        ok = True
+        return summary
+    finally:
+        close_distributed(dist, barrier=ok)
 
 
 def main(argv: list[str]) -> int:

@@ -82,6 +82,27 @@ def init_distributed(device: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def close_distributed(d: Dist, barrier: bool = True) -> None:
+    """Leaves the process group cleanly: a barrier (after success), then ``destroy_process_group``.
+
+    Without it a rank that finishes first can exit while gloo's threads still talk to the
+    other rank, which aborts the process ("terminate called without an active exception")
+    on a loaded machine. After an error there is no barrier (the other ranks may be waiting in
+    a different collective); the group is only destroyed.
+    """
+    if d.world <= 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    try:
+        if barrier:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def split_ids(ids: list[str], cfg: TrainConfig) -> tuple[list[str], list[str]]:
     """(train ids, validation ids), sorted; seeded by ``data.split_seed``."""
     ids = sorted(ids)
