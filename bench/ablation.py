@@ -62,7 +62,11 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true", help="no progress bars in the subprocesses")
     p.add_argument("--tddft-archs", nargs="*", default=None, metavar="ARCH",
                    help="run TDDFT only for these architectures (and PBE); default: all. The "
-                   "published TDDFT comparison is XCdiff's")  # fmt: skip
+                   "published TDDFT comparison is XCdiff's. An evaluation without TDDFT of an "
+                   "architecture listed here is redone")  # fmt: skip
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="training config override for every run, as `dixc train --set` "
+                   "(e.g. loss.hess.weight=1e-4: a weight sweep, one --out per value)")  # fmt: skip
     p.add_argument("--exclusive", nargs="*", default=[], metavar="ARCH",
                    help="architectures trained one at a time (one lane of their own; for runs "
                    "that need most of the memory)")  # fmt: skip
@@ -88,13 +92,17 @@ def _train_config(a, arch: str, preset: str) -> dict:
     """The demo's training recipe (``dixc.demo.train_config``) with the architecture's own
     initialisation and learning rate, one thread and frequent checkpoints."""
     from dixc.demo import train_config
+    from dixc.train.config import _merge, _nest, parse_override
 
-    return train_config(
+    values = train_config(
         a.train_data, os.path.join(a.out, "init", f"{arch}.safetensors"), preset,
         _run_dir(a, arch, preset), lr=ARCH_LR.get(arch, a.lr),
         epochs=a.epochs, seed=a.seed, threads=1, progress=not a.quiet, batch_size=a.batch_size,
         val_fraction=a.val_fraction, checkpoint_every=5, tensorboard=False,
     )  # fmt: skip
+    for text in a.overrides:
+        values = _merge(values, _nest(*parse_override(text)))
+    return values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +169,7 @@ def _work_evaluate(a, specs: list[str]) -> None:
             else:
                 ckpt = _run_dir(a, arch, preset)
                 label = _label(arch, preset)
-            tddft = a.tddft_archs is None or arch == "pbe" or arch in a.tddft_archs
+            tddft = _wants_tddft(a, arch)
             res = evaluate_checkpoint(ckpt, ds, label=label, tddft=tddft, progress=not a.quiet)
             with atomic_path(_eval_path(a, arch, preset)) as tmp:
                 res.save(tmp)
@@ -186,6 +194,7 @@ def _run_units(a, units: list[tuple[float, str, list[str]]]) -> list[str]:
             "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--val-fraction",
             str(a.val_fraction), "--pretrain-steps", str(a.pretrain_steps), "--seed", str(a.seed),
             *(["--quiet"] if a.quiet else []),
+            *[f"--set={text}" for text in a.overrides],
             *(["--tddft-archs", *a.tddft_archs] if a.tddft_archs is not None else [])]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     failed: list[str] = []
@@ -249,9 +258,24 @@ def _label_path(a, label: str) -> str:
     return os.path.join(a.out, "eval", label.replace(" ", "_") + ".json")
 
 
+def _wants_tddft(a, arch: str) -> bool:
+    return a.tddft_archs is None or arch == "pbe" or arch in a.tddft_archs
+
+
+def _evaluated(a, arch: str, preset: str) -> bool:
+    """An evaluation exists and has TDDFT if this run asks for it (else it is redone)."""
+    path = _eval_path(a, arch, preset)
+    if not os.path.isfile(path):
+        return False
+    if not _wants_tddft(a, arch):
+        return True
+    with open(path) as fh:
+        return bool(json.load(fh).get("settings", {}).get("tddft"))
+
+
 def _stage_evaluate(a) -> list[str]:
     todo = [("pbe", "")] + [(arch, p) for arch in a.archs for p in a.presets]
-    todo = [(arch, p) for arch, p in todo if not os.path.isfile(_eval_path(a, arch, p))]
+    todo = [(arch, p) for arch, p in todo if not _evaluated(a, arch, p)]
     trained = [
         (arch, p) for arch, p in todo
         if arch == "pbe" or os.path.isfile(os.path.join(_run_dir(a, arch, p), "summary.json"))
