@@ -45,6 +45,9 @@ def main() -> None:
     print(f"data {a.data}: {len(ds)} molecules; timing {len(mols)} (id, nao, ngrid): {sizes}")
     print(f"grid level {a.grid_level}, torch threads {a.threads}, float64, CPU")
     base = config.load_yaml(a.config) if a.config else {}
+    lc0 = config.resolve(dict(base, loss=dict(base.get("loss", {}), preset=PRESETS[-1]))).loss
+    print(f"loss settings: unrolled SCF {lc0.scf.n_cycles} cycles, {lc0.grad.n_points} gradient "
+          f"points, {lc0.hess.n_probes} Hessian probes per molecule-step")  # fmt: skip
     print(f"| arch | params | {' | '.join(PRESETS)} | hess / E+rho |")
     print("|---|---|" + "---|" * len(PRESETS) + "---|")
     for arch in a.arch:
