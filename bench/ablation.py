@@ -92,7 +92,7 @@ def _train_config(a, arch: str, preset: str) -> dict:
     """The demo's training recipe (``dixc.demo.train_config``) with the architecture's own
     initialisation and learning rate, one thread and frequent checkpoints."""
     from dixc.demo import train_config
-    from dixc.train.config import _merge, _nest, parse_override
+    from dixc.train.config import merge, parse_override
 
     values = train_config(
         a.train_data, os.path.join(a.out, "init", f"{arch}.safetensors"), preset,
@@ -101,7 +101,7 @@ def _train_config(a, arch: str, preset: str) -> dict:
         val_fraction=a.val_fraction, checkpoint_every=5, tensorboard=False,
     )  # fmt: skip
     for text in a.overrides:
-        values = _merge(values, _nest(*parse_override(text)))
+        values = merge(values, parse_override(text))
     return values
 
 

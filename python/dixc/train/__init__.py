@@ -91,12 +91,7 @@ def _overrides(a: argparse.Namespace) -> list[dict[str, Any]]:
             out.append({sec: {key: v}})
     if a.no_progress:
         out.append({"run": {"progress": False}})
-    for text in a.set:
-        path, value = parse_override(text)
-        d: Any = value
-        for k in reversed(path):
-            d = {k: d}
-        out.append(d)
+    out.extend(parse_override(text) for text in a.set)
     return out
 
 
@@ -109,14 +104,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     from dixc.train.loop import Trainer, close_distributed, init_distributed
 
     dist = init_distributed(cfg.run.device)
-    ok = False
     try:
-        trainer = Trainer(cfg, resume=resume, dist=dist)
-        summary = trainer.run()
-        ok = True
-        return summary
-    finally:
-        close_distributed(dist, barrier=ok)
+        summary = Trainer(cfg, resume=resume, dist=dist).run()
+    except BaseException:
+        close_distributed(dist, barrier=False)
+        raise
+    close_distributed(dist)
+    return summary
 
 
 def main(argv: list[str]) -> int:
@@ -132,7 +126,7 @@ def main(argv: list[str]) -> int:
     try:
         overrides = _overrides(a)
         if a.resume:
-            from dixc.train.config import _merge, from_dict
+            from dixc.train.config import from_dict, merge
             from dixc.train.loop import CHECKPOINT, config_from_checkpoint
 
             out = a.out
@@ -151,7 +145,7 @@ def main(argv: list[str]) -> int:
                         f"dixc train: --resume keeps the checkpoint's config; only run.* "
                         f"settings may change (got {json.dumps(o)})"
                     )
-                values = _merge(values, o)
+                values = merge(values, o)
             cfg = from_dict(values)
         else:
             cfg = resolve(load_yaml(a.config) if a.config else {}, overrides)

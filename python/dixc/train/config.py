@@ -284,25 +284,22 @@ def apply_preset(cfg: TrainConfig, preset: str) -> None:
         getattr(cfg.loss, term).enabled = on
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"optim.lr=3e-4"`` -> (["optim", "lr"], 3e-4); the value is parsed as YAML."""
+def parse_override(text: str) -> dict[str, Any]:
+    """``"optim.lr=3e-4"`` -> ``{"optim": {"lr": 3e-4}}`` (a ``--set`` flag); the value is YAML."""
     if "=" not in text:
         raise ValueError(f"dixc train: --set expects section.key=value, got {text!r}")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
-
-
-def _nest(path: list[str], value: Any) -> dict[str, Any]:
-    out: Any = value
-    for k in reversed(path):
+    out: Any = yaml.safe_load(value)
+    for k in reversed(key.strip().split(".")):
         out = {k: out}
     return out
 
 
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``a`` updated recursively by ``b`` (nested mappings merged, other values replaced)."""
     out = dict(a)
     for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -317,7 +314,7 @@ def resolve(
     """
     values: dict[str, Any] = dict(file_values or {})
     for o in overrides or []:
-        values = _merge(values, o)
+        values = merge(values, o)
     cfg = TrainConfig()
     _apply(cfg, values, "")
     apply_preset(cfg, cfg.loss.preset)  # a preset decides the enabled flags; custom keeps them
