@@ -130,8 +130,8 @@ class HessTerm:
     weight: float = _f(
         1e-3, "weight of mean_j |s (H_theta v_j - H_ref v_j)|^2 over unit probes (PBE quality: "
         "~3e5, mostly the exact-exchange response no pure functional has). Larger favours "
-        "excitation energies and dipoles, smaller the total energy: XCdiff, 28 steps, 1e-3 "
-        "TDDFT -15% / energy +714%, 1e-4 energy -54% vs E+rho (docs/results.md)",
+        "E_rho, density and excitation energies over the total energy: XCdiff, 28 steps, two "
+        "seeds, vs E+rho: 1e-3 E_rho -45%, TDDFT -5..-15%, energy error x3-8 (docs/results.md)",
     )  # fmt: skip
     n_probes: int | None = _f(4, "probes drawn per step from the stored ones (null: all)")
 
