@@ -88,6 +88,11 @@ def _run_dir(a, arch: str, preset: str) -> str:
     return os.path.join(a.out, "train", f"{arch}-{_tag(preset)}")
 
 
+def _summary_path(a, arch: str, preset: str) -> str:
+    """Written when a training run has finished (its presence marks the run done)."""
+    return os.path.join(_run_dir(a, arch, preset), "summary.json")
+
+
 def _train_config(a, arch: str, preset: str) -> dict:
     """The demo's training recipe (``dixc.demo.train_config``) with the architecture's own
     initialisation and learning rate, one thread and frequent checkpoints."""
@@ -150,7 +155,7 @@ def _work_train(a, arch: str, preset: str) -> None:
     summary["invocation_wall_s"] = time.perf_counter() - t
     if not summary.get("finished"):  # interrupted (signal, wall cap): resumable, not done
         raise SystemExit(f"ablation: training {arch} {preset} interrupted; rerun to resume")
-    with atomic_path(os.path.join(run_dir, "summary.json")) as tmp, open(tmp, "w") as fh:
+    with atomic_path(_summary_path(a, arch, preset)) as tmp, open(tmp, "w") as fh:
         json.dump(summary, fh, indent=1, default=str)
 
 
@@ -242,8 +247,7 @@ def _stage_train(a) -> list[str]:
     units = []
     for arch in a.archs:
         for preset in a.presets:
-            done = os.path.join(_run_dir(a, arch, preset), "summary.json")
-            if not os.path.isfile(done):
+            if not os.path.isfile(_summary_path(a, arch, preset)):
                 units.append((COST.get(arch, 1.0), f"train {arch} {preset}",
                               ["train", arch, preset]))  # fmt: skip
     return _run_units(a, units)
@@ -278,7 +282,7 @@ def _stage_evaluate(a) -> list[str]:
     todo = [(arch, p) for arch, p in todo if not _evaluated(a, arch, p)]
     trained = [
         (arch, p) for arch, p in todo
-        if arch == "pbe" or os.path.isfile(os.path.join(_run_dir(a, arch, p), "summary.json"))
+        if arch == "pbe" or os.path.isfile(_summary_path(a, arch, p))
     ]  # fmt: skip
     for arch, p in sorted(set(todo) - set(trained)):
         print(f"[ablation] not evaluated: {arch} {p} (training not finished)")
@@ -367,11 +371,10 @@ def _stage_report(a) -> None:
         m = metrics(by_label[label])
         arch, _, preset = label.partition(" ")
         wall, step = None, None
-        run_dir = _run_dir(a, arch, preset)
-        if os.path.isfile(os.path.join(run_dir, "summary.json")):
-            with open(os.path.join(run_dir, "summary.json")) as fh:
+        if os.path.isfile(_summary_path(a, arch, preset)):
+            with open(_summary_path(a, arch, preset)) as fh:
                 wall = json.load(fh).get("wall_s")
-            step = _step_seconds(os.path.join(run_dir, "log.csv"))
+            step = _step_seconds(os.path.join(_run_dir(a, arch, preset), "log.csv"))
         rows.append({"label": label, **m, "train_wall_s": wall, "s_per_molecule_step": step})
         table.append(
             f"| {arch} | {preset or '-'} | {m['scf_ok']} | {_fmt(m['e_mae'])} | "
