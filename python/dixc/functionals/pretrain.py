@@ -63,7 +63,7 @@ def _sample_densities(
     target: str, molecules: Sequence[str], basis: str, grid_level: int
 ) -> list[tuple[str, torch.Tensor, torch.Tensor, object]]:
     """(name, features (5, ngrid), weights (ngrid,), grid) for SCF and guess densities."""
-    from pyscf import dft
+    from pyscf import dft, lib
 
     from dixc.context import MolContext
     from dixc.molecules import mole
@@ -77,7 +77,12 @@ def _sample_densities(
         mf = dft.RKS(mol, xc=libxc_name.get(target, "PBE"))
         mf.grids.level = grid_level
         mf.verbose = 0
-        mf.kernel()
+        # One OpenMP thread: PySCF's threaded J/XC builds reduce in a run-dependent order, so
+        # with 2+ threads the SCF density moves by ~1e-11 run to run, and 100 L-BFGS steps
+        # amplify that to ~10 mEh in the fitted E_xc. Serial, the fit is bit-for-bit
+        # reproducible at any torch thread count (the SCFs here take a few seconds).
+        with lib.with_omp_threads(1):
+            mf.kernel()
         dms["scf"] = torch.as_tensor(mf.make_rdm1())
         for kind, dm in dms.items():
             rho = ctx.eval_rho(dm.to(torch.float64), "MGGA").detach()
