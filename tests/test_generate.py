@@ -588,3 +588,23 @@ def test_no_gradient_or_hessian_samples():
     nvir, nocc = res.arrays["scf/g"].shape
     for key in ("grad/x", "grad/g", "hess/v", "hess/hv", "hess/hv_j"):
         assert res.arrays[key].shape == (0, nvir, nocc), key
+
+
+def test_check_accepts_data_without_probes(tmp_path):
+    """``--check`` on a test set made with ``--k-grad 0 --k-hess 0`` (no probes to verify) passes
+    and still flags a broken record (it crashed on the empty probe stack before)."""
+    src = write_xyz(tmp_path / "in", {"water": WATER})
+    cfg = GenerateConfig(
+        out=str(tmp_path / "out"),
+        source=[src],
+        threads=1,
+        progress=False,
+        reference=small_reference(k_grad=0, k_hess=0),
+    )
+    path = generate.generate(cfg).shard_path
+    assert data.check_file(path)[0] == []
+    assert cli("--check", path).returncode == 0
+    with h5py.File(path, "r+") as f:
+        f["molecules/water/scf/g"][0, 0] = 1e-3
+    r = cli("--check", path)
+    assert r.returncode == 1 and "exceeds grad_tol" in r.stdout
