@@ -562,16 +562,21 @@ def test_resume_refuses_other_config(tmp_path):
         generate.generate(cfg)
 
 
-def test_check_flags_corrupted_data(tmp_path):
+def _generate_water(tmp_path, **reference) -> str:
+    """Generates water (one thread, ``small_reference(**reference)``); returns the shard path."""
     src = write_xyz(tmp_path / "in", {"water": WATER})
     cfg = GenerateConfig(
         out=str(tmp_path / "out"),
         source=[src],
         threads=1,
         progress=False,
-        reference=small_reference(),
+        reference=small_reference(**reference),
     )
-    path = generate.generate(cfg).shard_path
+    return generate.generate(cfg).shard_path
+
+
+def test_check_flags_corrupted_data(tmp_path):
+    path = _generate_water(tmp_path)
     assert cli("--check", path).returncode == 0
     with h5py.File(path, "r+") as f:
         f["molecules/water/scf/g"][0, 0] = 1e-3
@@ -593,15 +598,7 @@ def test_no_gradient_or_hessian_samples():
 def test_check_accepts_data_without_probes(tmp_path):
     """``--check`` on a test set made with ``--k-grad 0 --k-hess 0`` (no probes to verify) passes
     and still flags a broken record (it crashed on the empty probe stack before)."""
-    src = write_xyz(tmp_path / "in", {"water": WATER})
-    cfg = GenerateConfig(
-        out=str(tmp_path / "out"),
-        source=[src],
-        threads=1,
-        progress=False,
-        reference=small_reference(k_grad=0, k_hess=0),
-    )
-    path = generate.generate(cfg).shard_path
+    path = _generate_water(tmp_path, k_grad=0, k_hess=0)
     assert data.check_file(path)[0] == []
     assert cli("--check", path).returncode == 0
     with h5py.File(path, "r+") as f:
