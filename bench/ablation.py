@@ -160,7 +160,9 @@ def _work_train(a, arch: str, preset: str) -> None:
 
 
 def _work_evaluate(a, specs: list[str]) -> None:
-    """Evaluates several functionals in one process (the B3LYP baselines are computed once)."""
+    """Evaluates several functionals in one process; the B3LYP 'default' / 'pbe' baselines are
+    computed once per test molecule for the whole study (``OUT/baselines``, shared by the
+    concurrent groups and later invocations)."""
     from dixc.evaluate import evaluate_checkpoint
     from dixc.evaluate.core import open_dataset
     from dixc.fileio import atomic_path
@@ -175,7 +177,10 @@ def _work_evaluate(a, specs: list[str]) -> None:
                 ckpt = _run_dir(a, arch, preset)
                 label = _label(arch, preset)
             tddft = _wants_tddft(a, arch)
-            res = evaluate_checkpoint(ckpt, ds, label=label, tddft=tddft, progress=not a.quiet)
+            res = evaluate_checkpoint(
+                ckpt, ds, label=label, tddft=tddft, progress=not a.quiet,
+                baseline_cache=os.path.join(a.out, "baselines"),
+            )  # fmt: skip
             with atomic_path(_eval_path(a, arch, preset)) as tmp:
                 res.save(tmp)
             print(f"{label}: {json.dumps(res.summary.get('energy_mae_mEh'))} mEh")
@@ -287,7 +292,7 @@ def _stage_evaluate(a) -> list[str]:
     for arch, p in sorted(set(todo) - set(trained)):
         print(f"[ablation] not evaluated: {arch} {p} (training not finished)")
     todo = trained
-    # greedy split into --jobs groups of similar cost (each group shares its B3LYP baselines)
+    # greedy split into --jobs groups of similar cost (all share the B3LYP baselines on disk)
     groups: list[list[tuple[str, str]]] = [[] for _ in range(max(1, a.jobs))]
     load = [0.0] * len(groups)
     for arch, p in sorted(todo, key=lambda u: COST.get(u[0], 1.0)):  # cheap ones first

@@ -173,6 +173,56 @@ def test_baseline_hybrid_runs_are_shared_between_functionals(dataset):
     assert len(hybrid._BASELINES) == 3 and other["default"].converged  # other settings: new run
 
 
+def test_baseline_disk_cache_is_shared_and_survives_corruption(
+    dataset, tmp_path, monkeypatch, caplog
+):
+    """With ``cache_dir`` the 'default' / 'pbe' runs are computed once per directory: a new
+    process reads them back, concurrent callers wait for the one computing, an unreadable file
+    is recomputed and rewritten, other settings get their own file. (The runs are stand-ins
+    here; the real ones are checked by the tests above.)"""
+    import json
+    import threading
+    import time
+
+    _, mol, _, _ = _setup(dataset, "water")
+    calls = []
+
+    def fake_run(mol, config, guess, overrides):
+        calls.append(guess)
+        time.sleep(0.2)  # long enough for a concurrent caller to reach the lock
+        return hybrid.HybridRun(guess, 7 + len(calls), True, 1.5, -76.0, 0.25, 3)
+
+    monkeypatch.setattr(hybrid, "_baseline_run", fake_run)
+    cache = tmp_path / "baselines"
+
+    def runs(**kw):
+        hybrid._BASELINES.clear()  # as in a fresh process
+        return hybrid.hybrid_scf_runs(mol, dataset.config, guesses=("default", "pbe"),
+                                      cache_dir=cache, **kw)  # fmt: skip
+
+    threads = [threading.Thread(target=runs) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(calls) == ["default", "pbe"]  # the second caller waited and read the files
+    files = sorted(cache.glob("*.json"))
+    assert [f.name.split("-")[0] for f in files] == ["default", "pbe"]
+    first = runs()
+    assert len(calls) == 2
+    assert first == {g: hybrid.HybridRun(**json.loads(f.read_text())["run"]) for g, f in
+                     zip(("default", "pbe"), files, strict=True)}  # fmt: skip
+    files[0].write_text('{"run": {"guess": "default", "cyc')  # a torn or edited file
+    with caplog.at_level("WARNING", logger="dixc.evaluate"):
+        again = runs()
+    assert files[0].name in caplog.text and "recomputing" in caplog.text
+    assert calls == ["default", "pbe", "default"] and again["pbe"] == first["pbe"]
+    assert again["default"] == hybrid.HybridRun(**json.loads(files[0].read_text())["run"])
+    runs(max_cycle=50)  # other settings: new files
+    assert len(calls) == 5 and len(list(cache.glob("*.json"))) == 4
+    hybrid._BASELINES.clear()
+
+
 def test_failed_scf_is_listed_not_hidden():
     r = core.evaluate_checkpoint(
         "functional:pbe", evaluation_data(), max_cycle=2, hybrid=False, tddft=False,

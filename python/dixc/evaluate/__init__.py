@@ -126,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="PySCF conv_tol_grad of the hybrid SCF runs (default: the data set's)",
     )
+    p.add_argument(
+        "--baseline-cache",
+        metavar="DIR",
+        help="directory caching the B3LYP SCFs from the default and PBE guesses (they do not "
+        "depend on the functional): later evaluations on the same data reuse them",
+    )
     p.add_argument("--no-tddft", action="store_true", help="skip TDDFT")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--grid-level", type=int, help="grid of the learned SCF (default: reference's)")
@@ -188,6 +194,7 @@ def main(argv: list[str]) -> int:
             max_cycle=args.max_cycle,
             device=args.device,
             progress=not args.no_progress,
+            baseline_cache=args.baseline_cache,
         )
     except (CheckpointError, DataFileError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -410,6 +410,7 @@ def evaluate_molecule(
                 dm.cpu().numpy(),
                 learned_wall=scf_wall,
                 learned_cycles=cycles,
+                cache_dir=settings.get("baseline_cache"),
                 **(settings.get("hybrid_options") or {}),
             )
             row["hybrid"] = {k: r.to_dict() for k, r in runs.items()}
@@ -591,6 +592,7 @@ def evaluate_checkpoint(
     tddft_tol: float = 1e-7,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    baseline_cache: str | os.PathLike | None = None,
 ) -> EvaluationResult:
     """Evaluates a functional on every (selected) molecule of a reference data set.
 
@@ -624,6 +626,9 @@ def evaluate_checkpoint(
         tddft_tol: Davidson residual tolerance (Hartree).
         device: torch device of the functional and the grid work.
         progress: tqdm progress bar on stderr.
+        baseline_cache: directory caching the B3LYP SCFs from the default and PBE guesses,
+            which do not depend on the functional (shared by processes and later calls; see
+            :mod:`dixc.evaluate.hybrid`). None: computed once per process.
 
     Returns:
         :class:`EvaluationResult`.
@@ -667,6 +672,7 @@ def evaluate_checkpoint(
         "tddft_tol": tddft_tol,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        "baseline_cache": None if baseline_cache is None else os.fspath(baseline_cache),
     }
     timings = {"setup": 0.0, "scf": 0.0, "metrics": 0.0, "hybrid": 0.0, "tddft": 0.0}
     failures: list[dict[str, Any]] = []
