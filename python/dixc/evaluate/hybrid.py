@@ -181,8 +181,7 @@ def _cached_baseline_run(
     """
     import pyscf
 
-    digest = hashlib.sha256(repr((key, pyscf.__version__)).encode()).hexdigest()[:24]
-    path = os.path.join(os.fspath(cache_dir), f"{guess}-{digest}.json")
+    path = _cache_path(cache_dir, guess, key)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released on close; others wait, then read
@@ -205,6 +204,14 @@ def _cached_baseline_run(
         with atomic_path(path) as tmp, open(tmp, "w") as fh:
             json.dump(record, fh, indent=1, default=str)
         return run
+
+
+def _cache_path(cache_dir, guess: str, key: tuple) -> str:
+    """File of one cached run: the guess and a hash of its key and the PySCF version."""
+    import pyscf
+
+    digest = hashlib.sha256(repr((key, pyscf.__version__)).encode()).hexdigest()[:24]
+    return os.path.join(os.fspath(cache_dir), f"{guess}-{digest}.json")
 
 
 # The 'default' and 'pbe' starts are the same for every functional compared on a molecule:
