@@ -200,12 +200,14 @@ def test_baseline_disk_cache_is_shared_and_survives_corruption(
         return hybrid.hybrid_scf_runs(mol, dataset.config, guesses=("default", "pbe"),
                                       cache_dir=cache, **kw)  # fmt: skip
 
-    threads = [threading.Thread(target=runs) for _ in range(2)]
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(runs())) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert sorted(calls) == ["default", "pbe"]  # the second caller waited and read the files
+    assert len(results) == 2 and results[0] == results[1]
     files = sorted(cache.glob("*.json"))
     assert [f.name.split("-")[0] for f in files] == ["default", "pbe"]
     first = runs()
