@@ -11,7 +11,9 @@ away from the physics initialisation so the networks are non-trivial:
 * save/load round trip: identical weights, config and energies; corrupted files are refused;
 * a converged SCF on water and a QM9 molecule from the physics-initialised state;
 * Grassmannian gradient G and Hessian products H X vs central differences (<= 1e-7 relative,
-  h^2 error scaling) and G vs Richardson-extrapolated differences of E (<= 1e-7 relative).
+  h^2 error scaling) and G vs Richardson-extrapolated differences of E (<= 1e-7 relative);
+* third derivatives (f_xc differentiated w.r.t. rho and the parameters, what the Hessian loss
+  needs) vs Richardson-extrapolated differences of f_xc (<= 1e-7 relative).
 """
 
 from __future__ import annotations
@@ -203,3 +205,64 @@ def test_gradient_and_hvp_match_finite_differences(name):
     fd = (4 * d[1] - d[0]) / 3
     an = float((g * y).sum())
     assert abs(fd - an) <= 1e-7 * abs(an)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_third_derivatives_match_finite_differences(name, water_features):
+    """What the Hessian loss differentiates: the kernel f_xc = d^2 E / d rho^2 applied to a
+    direction, differentiated once more w.r.t. rho and w.r.t. the parameters. Autograd's third
+    derivatives vs Richardson-extrapolated central differences of f_xc (<= 1e-7 relative); a fused
+    op with a wrong third derivative (torch's layer_norm, pytorch#175754) fails this."""
+    rho, grid = water_features
+    f = perturbed(name)
+    gen = torch.Generator().manual_seed(5)
+    # Relative changes of the features at points with n > 1e-6: the derivatives of order k grow
+    # like n^(4/3 - k) where the density vanishes, so absolute directions would let the tail
+    # dominate, and the tail holds points next to the rho_min screening thresholds. The FD
+    # direction u scales all features of a point alike: n > 0 and tau >= tau_W stay, so no
+    # screening or clamp switches inside the stencil.
+    m = rho * (rho[0] > 1e-6)
+    v = m * torch.randn(rho.shape, generator=gen, dtype=rho.dtype)
+    w = m * torch.randn(rho.shape, generator=gen, dtype=rho.dtype)
+    u = m * torch.randn(rho.shape[-1], generator=gen, dtype=rho.dtype)
+    params = [p for p in f.parameters() if p.requires_grad]
+    # parameter direction of typical size 1e-2 per weight (EG-XC's 67k weights along N(0, 1)
+    # leave the quadratic regime of central differences already at steps of 1e-4)
+    pdir = [1e-2 * torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+
+    def kernel_w(r, create=False):  # w . f_xc[r] v, a scalar
+        r = r.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(f(r, grid), r, create_graph=True)
+        (hv,) = torch.autograd.grad((g * v).sum(), r, create_graph=True)
+        s = (hv * w).sum()
+        return r, s if create else float(s.detach())
+
+    r0, s = kernel_w(rho, create=True)
+    grads = torch.autograd.grad(s, [r0, *params])
+    an_rho = float((grads[0] * u).sum())
+    an_par = sum(float((g * d).sum()) for g, d in zip(grads[1:], pdir, strict=True))
+
+    def richardson(fn, h):
+        d = [(fn(t) - fn(-t)) / (2 * t) for t in (h, h / 2)]
+        return (4 * d[1] - d[0]) / 3
+
+    def along_params(t):
+        with torch.no_grad():
+            for p, d in zip(params, pdir, strict=True):
+                p.add_(t * d)
+        try:
+            return kernel_w(rho)[1]
+        finally:
+            with torch.no_grad():
+                for p, d in zip(params, pdir, strict=True):
+                    p.sub_(t * d)
+
+    fd_rho = richardson(lambda t: kernel_w(rho + t * u)[1], 1e-4)
+    fd_par = richardson(along_params, 1e-4)
+    print(
+        f"{name}: rel. error along rho {abs(fd_rho - an_rho) / abs(an_rho):.1e}, along the "
+        f"parameters {abs(fd_par - an_par) / abs(an_par):.1e}"
+    )
+    assert abs(an_rho) > 0 and abs(an_par) > 0
+    assert abs(fd_rho - an_rho) <= 1e-7 * abs(an_rho), (an_rho, fd_rho)
+    assert abs(fd_par - an_par) <= 1e-7 * abs(an_par), (an_par, fd_par)

@@ -454,6 +454,28 @@ class _VectorNorm(torch.nn.Module):
         return v * self.gain / torch.sqrt(ms + _VEC_EPS)
 
 
+class _LayerNorm(torch.nn.Module):
+    """LayerNorm over the last axis, (x - mean) / sqrt(var + eps) * weight + bias, written in
+    elementary torch ops.
+
+    Same parameters (``weight``, ``bias``), eps (1e-5) and values as ``torch.nn.LayerNorm``, whose
+    fused kernel gets the third derivative wrong (torch 2.13: the derivative of its double
+    backward differs from finite differences by O(1)). EG-XC's Hessian loss needs exactly that
+    order (d^3 E / d rho^2 d theta); elementary ops are exact to every order.
+    """
+
+    def __init__(self, channels: int, dtype: torch.dtype, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.ones(channels, dtype=dtype))
+        self.bias = torch.nn.Parameter(torch.zeros(channels, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        d = x - x.mean(dim=-1, keepdim=True)
+        var = (d * d).mean(dim=-1, keepdim=True)
+        return d * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
 def _smooth_norm(v: Tensor) -> Tensor:
     """sqrt(|v|^2 + eps^2) over the Cartesian axis -2: ``(..., 3, F)`` -> ``(..., F)``."""
     return torch.sqrt((v * v).sum(dim=-2) + _NORM_EPS**2)
@@ -470,8 +492,8 @@ class _PaiNNLayer(torch.nn.Module):
         self.U = torch.nn.Linear(f, f, bias=False, dtype=dtype)
         self.V = torch.nn.Linear(f, f, bias=False, dtype=dtype)
         self.upd = _mlp([2 * f, f, 3 * f], dtype)
-        self.ln1 = torch.nn.LayerNorm(f, dtype=dtype)
-        self.ln2 = torch.nn.LayerNorm(f, dtype=dtype)
+        self.ln1 = _LayerNorm(f, dtype)
+        self.ln2 = _LayerNorm(f, dtype)
         self.vn1 = _VectorNorm(f, dtype)
         self.vn2 = _VectorNorm(f, dtype)
 
@@ -575,7 +597,7 @@ class EGXC(XCFunctional):
         self.embed_s = torch.nn.Linear(nr, f, dtype=dtype)
         self.embed_v = torch.nn.Linear(nr, f, bias=False, dtype=dtype)
         self.species = torch.nn.Embedding(self.max_charge + 1, f, dtype=dtype)
-        self.ln0 = torch.nn.LayerNorm(f, dtype=dtype)
+        self.ln0 = _LayerNorm(f, dtype)
         self.vn0 = _VectorNorm(f, dtype)
         self.painn = torch.nn.ModuleList(
             [_PaiNNLayer(f, self.n_rbf_gnn, dtype) for _ in range(layers)]
