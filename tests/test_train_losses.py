@@ -121,9 +121,10 @@ def test_term_parameter_gradient_matches_finite_differences(water, name):
     assert err_h2 < 1e-4
 
 
-@pytest.mark.parametrize("name", ["grad", "hess"])
+@pytest.mark.parametrize("name", ["scf_energy", "grad", "hess"])
 def test_nonlocal_path_gradient_matches_finite_differences(water, name):
-    """Same terms through the generic (nonlocal) VJP paths of V_xc and f_xc."""
+    """Same terms through the generic (nonlocal) paths of V_xc (graph recomputed in backward,
+    ``dixc.xc._XCRecompute``) and f_xc (one VJP per probe)."""
     _, _, mol = water
     term, kw = CASES[name]
     lc = loss_cfg(term, **kw)

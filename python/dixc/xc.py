@@ -96,13 +96,7 @@ class _LocalXCRecompute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gexc, gwv, ghess=None):
         rho, weights, *params = ctx.saved_tensors
-        now = tuple(id(p) for p in ctx.functional.parameters() if p.requires_grad)
-        if now != ctx.param_ids:  # the recomputation must see the forward's parameters
-            raise RuntimeError(
-                f"dixc: the parameters of {type(ctx.functional).__name__} changed between the "
-                "forward and the backward of E_xc (tensors replaced or requires_grad toggled); "
-                "run backward before changing the module's parameters"
-            )
+        _check_same_params(ctx)
         create = torch.is_grad_enabled()
         need_rho = ctx.needs_input_grad[3]
         grho: list[torch.Tensor] = []
@@ -131,6 +125,57 @@ class _LocalXCRecompute(torch.autograd.Function):
                 if gp is not None:
                     gparams[i] = gp if gparams[i] is None else gparams[i] + gp
         return (None, None, None, torch.cat(grho, dim=-1) if need_rho else None, *gparams)
+
+
+class _XCRecompute(torch.autograd.Function):
+    """E_xc and dE/d rho of any (nonlocal) functional with the graph recomputed in ``backward``.
+
+    The nonlocal counterpart of :class:`_LocalXCRecompute` without chunking (a nonlocal energy
+    does not split over grid points): the forward evaluates E_xc and its feature gradient without
+    keeping a graph and saves ``rho`` and the parameters; the backward rebuilds the graph once and
+    contracts it with the incoming gradients, d/dx [<g_E, E> + <g_w, dE/d rho>]. An unrolled SCF
+    then holds one evaluation's graph at a time instead of one per cycle, for one extra
+    forward and feature backward per evaluation. Exact to every order (``create_graph`` in the
+    backward keeps the recomputed graph).
+
+    ``apply(functional, grid, rho, *params)`` -> ``(exc ((B,)), wv (same shape as rho))``.
+    """
+
+    @staticmethod
+    def forward(ctx, functional, grid, rho, *params):
+        with torch.enable_grad():
+            r = rho.detach().requires_grad_(True)
+            exc = functional(r, grid)
+            (wv,) = torch.autograd.grad(exc.sum(), r)
+        ctx.functional, ctx.grid = functional, grid
+        ctx.param_ids = tuple(id(p) for p in params)
+        ctx.save_for_backward(rho, *params)
+        return exc.detach(), wv
+
+    @staticmethod
+    def backward(ctx, gexc, gwv):
+        rho, *params = ctx.saved_tensors
+        _check_same_params(ctx)
+        create = torch.is_grad_enabled()
+        with torch.enable_grad():
+            r = rho if (create and rho.requires_grad) else rho.detach().requires_grad_(True)
+            exc = ctx.functional(r, ctx.grid)
+            (wv,) = torch.autograd.grad(exc.sum(), r, create_graph=True)
+            s = (gexc * exc).sum() + (gwv * wv).sum()
+            grads = torch.autograd.grad(s, [r, *params], allow_unused=True, create_graph=create)
+        grho = grads[0] if ctx.needs_input_grad[2] else None
+        return (None, None, grho, *grads[1:])
+
+
+def _check_same_params(ctx) -> None:
+    """The recomputation in ``backward`` must see the parameters the forward saw."""
+    now = tuple(id(p) for p in ctx.functional.parameters() if p.requires_grad)
+    if now != ctx.param_ids:
+        raise RuntimeError(
+            f"dixc: the parameters of {type(ctx.functional).__name__} changed between the "
+            "forward and the backward of E_xc (tensors replaced or requires_grad toggled); "
+            "run backward before changing the module's parameters"
+        )
 
 
 def _local_xc_graph(
@@ -179,17 +224,22 @@ def _exc_vxc_rho(
         vxc = ctx.contract_vxc(wv, xctype)
         _check_finite(exc, "E_xc", ctx)
         return exc, vxc, rho.detach()
+    if create_graph:  # training, nonlocal: graph recomputed in backward (one at a time)
+        params = [p for p in functional.parameters() if p.requires_grad]
+        with torch.enable_grad():
+            rho = ctx.eval_rho(dm, xctype)
+            exc, wv = _XCRecompute.apply(functional, ctx.grid, rho, *params)
+        vxc = ctx.contract_vxc(wv, xctype)
+        _check_finite(exc, "E_xc", ctx)
+        return exc, vxc, rho.detach()
+    rho = ctx.eval_rho(dm.detach(), xctype)
     with torch.enable_grad():
-        rho = ctx.eval_rho(dm, xctype)
-        if not rho.requires_grad:
-            rho = rho.detach().requires_grad_(True)
-        exc = functional(rho, ctx.grid)
-        (wv,) = torch.autograd.grad(exc.sum(), rho, create_graph=create_graph)
+        r = rho.detach().requires_grad_(True)
+        exc = functional(r, ctx.grid)
+        (wv,) = torch.autograd.grad(exc.sum(), r)
     vxc = ctx.contract_vxc(wv, xctype)
-    if not create_graph:
-        exc, vxc = exc.detach(), vxc.detach()
     _check_finite(exc, "E_xc", ctx)
-    return exc, vxc, rho.detach()
+    return exc.detach(), vxc, rho
 
 
 def exc_vxc(
