@@ -251,3 +251,32 @@ def test_ddp_two_gloo_processes_match_one(dataset, tmp_path):
     for k in a:
         diff = float((a[k] - b[k]).abs().max())
         assert diff <= 1e-12 * max(1.0, float(a[k].abs().max())), (k, diff)
+
+
+def test_second_training_into_the_same_directory_is_refused(dataset, tmp_path):
+    """While one process trains into OUT, another Trainer.run() there fails at once, naming the
+    holder, and writes nothing; once the lock is free (its holder ended) training proceeds."""
+    import fcntl
+
+    out = str(tmp_path / "locked")
+    values = tiny_values(dataset, out, optim__epochs=1)
+    values["run"]["max_steps"] = 1
+    os.makedirs(out)
+    holder = open(os.path.join(out, loop.LOCK), "w")  # another open file: like another process
+    holder.write("pid 4242 on elsewhere since 2026-01-01 00:00:00\n")
+    holder.flush()
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(RuntimeError, match=r"in use by another training \(pid 4242 on elsew"):
+            _train(values)
+        assert sorted(os.listdir(out)) == [loop.LOCK]
+    finally:
+        holder.close()
+    summary = _train(values)
+    assert summary["steps"] == 1
+    assert os.path.exists(os.path.join(out, loop.CHECKPOINT))
+    with open(os.path.join(out, loop.LOCK)) as fh:
+        assert fh.read().startswith(f"pid {os.getpid()} on ")
+    # released at the end of run(): a resume in the same process can lock again
+    values["run"]["max_steps"] = 2
+    assert _train(values, resume=True)["steps"] == 2

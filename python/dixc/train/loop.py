@@ -20,12 +20,14 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import fcntl
 import io
 import logging
 import math
 import os
 import random
 import signal
+import socket
 import time
 import warnings
 import zlib
@@ -44,6 +46,7 @@ from dixc.train.config import TrainConfig, from_dict
 log = logging.getLogger("dixc.train")
 
 CHECKPOINT = "checkpoint.pt"
+LOCK = "train.lock"
 CHECKPOINT_VERSION = 1
 COLUMNS = [
     "kind", "step", "epoch", "lr", "loss", *losses.TERMS, "grad_norm", "skipped", "reason",
@@ -171,6 +174,42 @@ def build_functional(cfg: TrainConfig) -> torch.nn.Module:
                 f = out
             log.info("pre-trained %s onto %s: %s", m.arch, m.init_target, out)
     return f
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the time a training runs in it.
+
+    ``flock`` on ``OUT/train.lock``: held by one process at a time and released by the kernel when
+    that process ends in any way (no stale locks after a crash or ``kill -9``). The file names the
+    holder (pid, host, start time) for the error message of a second process.
+    """
+
+    def __init__(self, out: str) -> None:
+        os.makedirs(out, exist_ok=True)
+        self.path = os.path.join(out, LOCK)
+        fh = open(self.path, "a+", encoding="utf-8")  # held until release()
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown process"
+            fh.close()
+            raise RuntimeError(
+                f"dixc train: {out} is in use by another training ({holder}); wait for it to "
+                "finish, stop it (SIGTERM writes a checkpoint; then --resume), or choose another "
+                "--out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")  # fmt: skip
+        fh.flush()
+        self._fh: io.TextIOBase | None = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the descriptor drops the flock
+            self._fh = None
 
 
 class Trainer:
@@ -518,9 +557,21 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Trains until the last epoch, early stopping, ``run.max_steps`` or SIGTERM/SIGINT.
 
+        The run directory is locked meanwhile (:class:`RunLock`): a second training into the
+        same ``--out`` (a resume started twice, two sweeps sharing a directory) fails at once
+        with the holder's pid instead of interleaving checkpoints.
+
         Returns:
             A summary: steps, skipped steps, SCF counts, best and last validation metrics.
         """
+        lock = RunLock(self.out) if self.dist.main else None
+        try:
+            return self._run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> dict[str, Any]:
         cfg, st = self.cfg, self.state
         if self.dist.main:
             os.makedirs(self.out, exist_ok=True)
