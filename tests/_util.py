@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 import dixc
+from dixc.grid import Grid
 from dixc.molecules import mole
 
 
@@ -139,8 +140,6 @@ def random_rotation(seed: int) -> torch.Tensor:
 
 def rigid_motion(rho: torch.Tensor, grid, rot: torch.Tensor, shift: torch.Tensor):
     """Features ((B,) 5, ngrid) and grid of the moved molecule (r -> R r + t, grad -> R grad)."""
-    from dixc.grid import Grid
-
     rho2 = rho.clone()
     rho2[..., 1:4, :] = torch.einsum("ij,...jg->...ig", rot, rho[..., 1:4, :])
     grid2 = Grid(
@@ -150,3 +149,36 @@ def rigid_motion(rho: torch.Tensor, grid, rot: torch.Tensor, shift: torch.Tensor
         atom_charges=grid.atom_charges,
     )
     return rho2, grid2
+
+
+# A small EG-XC network, so that finite-difference and gradcheck tests over every feature stay fast.
+EGXC_SMALL = dict(n_radial=4, channels=4, nl_channels=3, layers=2, hidden=8, n_rbf_gnn=4)
+
+
+def toy_molecule(
+    charges=(8, 1, 1), npts: int = 8, seed: int = 0, shift=(0.0, 0.0, 0.0)
+) -> tuple[torch.Tensor, Grid]:
+    """A molecule-like random grid: points within 5.5 Bohr of water-like nuclei, Gaussian
+    density sum_a Z_a exp(-0.15 |r - R_a|^2), exact gradient, tau = tau_W + 0.2 rho^(5/3)."""
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.tensor([[0.0, 0.0, 0.22], [0.0, 1.43, -0.89], [0.0, -1.43, -0.89]])[
+        : len(charges)
+    ].double()
+    pos = pos + torch.tensor(shift, dtype=torch.float64)
+    pts = []
+    for r in pos:
+        d = torch.randn(npts, 3, generator=g, dtype=torch.float64)
+        d = d / d.norm(dim=1, keepdim=True)
+        rad = 0.05 + 5.45 * torch.rand(npts, 1, generator=g, dtype=torch.float64)
+        pts.append(r + d * rad)
+    coords = torch.cat(pts)
+    w = 0.01 + 0.3 * torch.rand(coords.shape[0], generator=g, dtype=torch.float64)
+    z = torch.tensor(charges, dtype=torch.float64)
+    diff = coords[:, None, :] - pos[None]
+    gauss = z * torch.exp(-0.15 * (diff**2).sum(-1))  # (ngrid, natm)
+    rho = gauss.sum(1)
+    grad = (-0.3 * gauss[..., None] * diff).sum(1)  # (ngrid, 3)
+    tau = (grad**2).sum(1) / (8.0 * rho) + 0.2 * rho ** (5.0 / 3.0)
+    feats = torch.cat([rho[None], grad.T, tau[None]])
+    grid = Grid(coords, w, pos, torch.tensor(charges, dtype=torch.int64))
+    return feats, grid

@@ -14,15 +14,11 @@ import torch
 from torch.func import functional_call
 
 import dixc.functionals as F
-from _util import random_rotation, rigid_motion
+from _util import EGXC_SMALL, random_rotation, rigid_motion, toy_molecule
 from dixc.functionals import egxc
 from dixc.functionals.egxc import EGXC, PairStructure, _envelope, pair_structure
 from dixc.grid import Grid, make_grid
 from dixc.molecules import mole
-
-# A small network so that finite-difference checks over every feature stay fast.
-SMALL = dict(n_radial=4, channels=4, nl_channels=3, layers=2, hidden=8, n_rbf_gnn=4)
-
 
 # --------------------------------------------------------------------------- systems
 
@@ -44,35 +40,6 @@ def _water(level: int = 1) -> tuple[torch.Tensor, Grid]:
 def water(level: int = 1) -> tuple[torch.Tensor, Grid]:
     rho, grid = _water(level)
     return rho.clone(), grid
-
-
-def toy(
-    charges=(8, 1, 1), npts: int = 8, seed: int = 0, shift=(0.0, 0.0, 0.0)
-) -> tuple[torch.Tensor, Grid]:
-    """A molecule-like random grid: points within 5.5 Bohr of water-like nuclei, Gaussian
-    density sum_a Z_a exp(-0.15 |r - R_a|^2), exact gradient, tau = tau_W + 0.2 rho^(5/3)."""
-    g = torch.Generator().manual_seed(seed)
-    pos = torch.tensor([[0.0, 0.0, 0.22], [0.0, 1.43, -0.89], [0.0, -1.43, -0.89]])[
-        : len(charges)
-    ].double()
-    pos = pos + torch.tensor(shift, dtype=torch.float64)
-    pts = []
-    for r in pos:
-        d = torch.randn(npts, 3, generator=g, dtype=torch.float64)
-        d = d / d.norm(dim=1, keepdim=True)
-        rad = 0.05 + 5.45 * torch.rand(npts, 1, generator=g, dtype=torch.float64)
-        pts.append(r + d * rad)
-    coords = torch.cat(pts)
-    w = 0.01 + 0.3 * torch.rand(coords.shape[0], generator=g, dtype=torch.float64)
-    z = torch.tensor(charges, dtype=torch.float64)
-    diff = coords[:, None, :] - pos[None]
-    gauss = z * torch.exp(-0.15 * (diff**2).sum(-1))  # (ngrid, natm)
-    rho = gauss.sum(1)
-    grad = (-0.3 * gauss[..., None] * diff).sum(1)  # (ngrid, 3)
-    tau = (grad**2).sum(1) / (8.0 * rho) + 0.2 * rho ** (5.0 / 3.0)
-    feats = torch.cat([rho[None], grad.T, tau[None]])
-    grid = Grid(coords, w, pos, torch.tensor(charges, dtype=torch.int64))
-    return feats, grid
 
 
 def perturbed(f: EGXC, scale: float = 0.05, seed: int = 7) -> EGXC:
@@ -178,7 +145,7 @@ def test_pairs_grow_linearly_with_alkane_length():
 
 
 def test_basis_cache_is_bounded_exact_and_released(monkeypatch):
-    rho, grid0 = toy(npts=40)
+    rho, grid0 = toy_molecule(npts=40)
 
     def fresh():  # a new Grid object has no cached structures yet
         return Grid(grid0.coords, grid0.weights, grid0.atom_coords, grid0.atom_charges)
@@ -211,7 +178,7 @@ def test_basis_cache_is_bounded_exact_and_released(monkeypatch):
 
 
 def test_neighbour_structure_is_cached_on_the_grid():
-    rho, grid = toy()
+    rho, grid = toy_molecule()
     f = F.create("egxc")
     f(rho, grid)
     ps = pair_structure(grid, f.cutoff, f.n_radial, f.block_pairs)
@@ -250,7 +217,7 @@ def test_size_extensive_for_far_apart_molecules():
     """Two molecules beyond every cutoff: E(A + B) = E(A) + E(B), per point too."""
     f = perturbed(F.create("egxc"))
     rho_a, grid_a = water()
-    rho_b, grid_b = toy(charges=(7, 1), npts=30, seed=2, shift=(100.0, 0.0, 0.0))
+    rho_b, grid_b = toy_molecule(charges=(7, 1), npts=30, seed=2, shift=(100.0, 0.0, 0.0))
     grid_ab = Grid(
         torch.cat([grid_a.coords, grid_b.coords]),
         torch.cat([grid_a.weights, grid_b.weights]),
@@ -273,8 +240,8 @@ def test_size_extensive_for_far_apart_molecules():
 def test_gradcheck_and_gradgradcheck_energy_density():
     """Full nonlocal Jacobian (ngrid x 5 ngrid) and its derivative, by finite differences."""
     torch.manual_seed(11)
-    f = perturbed(F.create("egxc", **SMALL), scale=0.3)
-    rho, grid = toy(npts=6)
+    f = perturbed(F.create("egxc", **EGXC_SMALL), scale=0.3)
+    rho, grid = toy_molecule(npts=6)
     x = rho.clone().requires_grad_(True)
 
     def fn(r):
@@ -291,7 +258,7 @@ def test_gradcheck_and_gradgradcheck_energy_density():
 def test_gradcheck_and_gradgradcheck_default_size_energy():
     torch.manual_seed(12)
     f = perturbed(F.create("egxc"), scale=0.1)
-    rho, grid = toy(npts=5, seed=1)
+    rho, grid = toy_molecule(npts=5, seed=1)
     x = rho.clone().requires_grad_(True)
 
     def fn(r):
@@ -305,8 +272,8 @@ def test_gradcheck_and_gradgradcheck_default_size_energy():
 def test_parameter_derivative_of_potential(name):
     """d/dtheta of (dE/drho . v): what the gradient and Hessian losses differentiate."""
     torch.manual_seed(13)
-    f = perturbed(F.create("egxc", **SMALL), scale=0.3)
-    rho, grid = toy(npts=6, seed=3)
+    f = perturbed(F.create("egxc", **EGXC_SMALL), scale=0.3)
+    rho, grid = toy_molecule(npts=6, seed=3)
     v = torch.randn_like(rho)
     w0 = dict(f.named_parameters())[name].detach().clone().requires_grad_(True)
 
@@ -323,7 +290,7 @@ def test_finite_values_and_derivatives_at_edge_cases():
     """rho = 0, grad = 0, tau = 0, rho = 1e-30, tau < tau_W, huge s, rho < 0: first and second
     derivatives finite (double-where masking), also for a density that vanishes everywhere."""
     f = perturbed(F.create("egxc"), scale=0.1)
-    rho, grid = toy(npts=6)
+    rho, grid = toy_molecule(npts=6)
     rho[:, 0] = 0.0  # everything zero
     rho[1:4, 1] = 0.0  # grad = 0
     rho[4, 2] = 0.0  # tau = 0
@@ -411,7 +378,7 @@ def test_graph_readout_off():
 
 
 def test_clear_errors():
-    rho, grid = toy()
+    rho, grid = toy_molecule()
     f = F.create("egxc")
     with pytest.raises(ValueError, match="atom_coords"):
         f(rho, Grid(grid.coords, grid.weights))

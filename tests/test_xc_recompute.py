@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import dixc.functionals as F
+from _util import EGXC_SMALL, toy_molecule
 from dixc import xc
-from dixc.grid import Grid
 
 
 def _features(ngrid: int, seed: int = 0) -> torch.Tensor:
@@ -168,26 +168,6 @@ def test_saved_memory_is_bounded(hessian):
 
 # --------------------------------------------------------------------------- nonlocal (EG-XC)
 
-EGXC_SMALL = dict(n_radial=4, channels=4, nl_channels=3, layers=2, hidden=8, n_rbf_gnn=4)
-
-
-def _molecule_grid(npts: int, seed: int = 0) -> tuple[torch.Tensor, Grid]:
-    """Points around water-like nuclei with a Gaussian density and its exact gradient and tau."""
-    g = torch.Generator().manual_seed(seed)
-    pos = torch.tensor([[0.0, 0.0, 0.22], [0.0, 1.43, -0.89], [0.0, -1.43, -0.89]]).double()
-    d = torch.randn(3, npts, 3, generator=g, dtype=torch.float64)
-    rad = 0.1 + 4.0 * torch.rand(3, npts, 1, generator=g, dtype=torch.float64)
-    coords = (pos[:, None] + d / d.norm(dim=-1, keepdim=True) * rad).reshape(-1, 3)
-    w = 0.01 + 0.3 * torch.rand(coords.shape[0], generator=g, dtype=torch.float64)
-    z = torch.tensor([8.0, 1.0, 1.0], dtype=torch.float64)
-    diff = coords[:, None, :] - pos[None]
-    gauss = z * torch.exp(-0.15 * (diff**2).sum(-1))
-    rho = gauss.sum(1)
-    grad = (-0.3 * gauss[..., None] * diff).sum(1)
-    tau = (grad**2).sum(1) / (8.0 * rho) + 0.2 * rho ** (5.0 / 3.0)
-    grid = Grid(coords, w, pos, torch.tensor([8, 1, 1], dtype=torch.int64))
-    return torch.cat([rho[None], grad.T, tau[None]]), grid
-
 
 def _egxc(**kw) -> F.XCFunctional:
     return _functional("egxc", **{**EGXC_SMALL, **kw})
@@ -204,7 +184,7 @@ def test_nonlocal_matches_plain_graph(batched):
     """(E_xc, dE/d rho) and the gradients of a random linear functional of them w.r.t. rho and
     every parameter equal the plain graph's (1e-12); batched densities too."""
     f = _egxc()
-    rho, grid = _molecule_grid(6)
+    rho, grid = toy_molecule(npts=6)
     if batched:
         rho = torch.stack([rho, rho * (1.0 + 0.1 * torch.rand(rho.shape[-1], dtype=rho.dtype))])
     params = [p for p in f.parameters() if p.requires_grad]
@@ -232,7 +212,7 @@ def test_nonlocal_matches_plain_graph(batched):
 def test_nonlocal_gradcheck_and_gradgradcheck():
     """The Function and its backward against finite differences (rho and one weight matrix)."""
     f = _egxc()
-    rho, grid = _molecule_grid(3, seed=1)
+    rho, grid = toy_molecule(npts=3, seed=1)
     rho = rho.requires_grad_(True)
     p0 = dict(f.named_parameters())["gamma_net.0.weight"]
     p = p0.detach().clone().requires_grad_(True)
@@ -249,7 +229,7 @@ def test_nonlocal_gradcheck_and_gradgradcheck():
 
 def test_nonlocal_parameters_swapped_before_backward_is_an_error():
     f = _egxc()
-    rho, grid = _molecule_grid(3)
+    rho, grid = toy_molecule(npts=3)
     p0 = next(p for p in f.parameters() if p.requires_grad)
     with _replaced(f, p0, p0.detach().clone().requires_grad_(True)):
         params = [p for p in f.parameters() if p.requires_grad]
@@ -262,7 +242,7 @@ def test_nonlocal_saved_memory_is_bounded():
     """Only rho and the parameters are saved (the plain graph keeps every pair block and
     per-point activation of the network and of its feature gradient)."""
     f = _egxc(n_radial=8, channels=16, nl_channels=16, hidden=32)
-    rho, grid = _molecule_grid(400)
+    rho, grid = toy_molecule(npts=400)
     rho.requires_grad_(True)
     params = [p for p in f.parameters() if p.requires_grad]
     bound = (rho.numel() + sum(p.numel() for p in params)) * 8
