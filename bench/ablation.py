@@ -23,6 +23,7 @@ TDDFT states), see ``docs/results.md`` for the commands used there.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -211,7 +212,7 @@ def _run_units(a, units: list[tuple[float, str, list[str]]]) -> list[str]:
 
     def one(unit) -> None:
         _, name, wargs = unit
-        log = os.path.join(a.out, "logs", name.replace(" ", "_").replace(":", "-") + ".log")
+        log = os.path.join(a.out, "logs", _log_stem(name) + ".log")
         t = time.perf_counter()
         print(f"[ablation] start {name} (log {log})", flush=True)
         with open(log, "a") as fh:
@@ -237,6 +238,17 @@ def _run_units(a, units: list[tuple[float, str, list[str]]]) -> list[str]:
     with ThreadPoolExecutor(max_workers=n) as pool:
         list(pool.map(lane, lanes))
     return failed
+
+
+def _log_stem(name: str) -> str:
+    """File name (no suffix) of a unit's log: the unit's name, shortened with a digest if long.
+
+    Named by what the unit does, so two invocations working on different rows never share a log.
+    """
+    stem = "".join(c if c.isalnum() or c in "+-." else "_" for c in name.replace(":", "-"))
+    if len(stem) > 100:
+        stem = stem[:60] + "_" + hashlib.sha1(name.encode()).hexdigest()[:12]
+    return stem
 
 
 def _stage_pretrain(a) -> list[str]:
@@ -299,11 +311,10 @@ def _stage_evaluate(a) -> list[str]:
         k = load.index(min(load))
         groups[k].append((arch, p))
         load[k] += COST.get(arch, 1.0)
-    units = [
-        (load[k], f"evaluate group {k}", ["evaluate", *[f"{arch}:{p}" for arch, p in g]])
-        for k, g in enumerate(groups)
-        if g
-    ]
+    # Each unit is named by its rows, so concurrent invocations never append to the same log.
+    rows = [[f"{arch}:{p}" for arch, p in g] for g in groups]
+    units = [(load[k], " ".join(["evaluate", *r]), ["evaluate", *r]) for k, r in enumerate(rows)]
+    units = [u for u in units if len(u[2]) > 1]
     return _run_units(a, units)
 
 
