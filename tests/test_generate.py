@@ -80,7 +80,9 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
 FD_CONFIG = ReferenceConfig(basis="def2-svp", grid_level=1, k_grad=4, k_hess=4)
 
 
-@pytest.fixture(scope="module", params=["water", "qm9_000006"])
+@pytest.fixture(
+    scope="module", params=["water", pytest.param("qm9_000006", marks=pytest.mark.qm9pack)]
+)
 def fd_dataset(request, tmp_path_factory):
     """One molecule generated through the full pipeline, read back through dixc.data."""
     tmp = tmp_path_factory.mktemp(request.param)
@@ -487,6 +489,7 @@ def test_bad_input_cli_exit_code_and_skip_invalid(tmp_path):
     assert data.ReferenceDataset(out).ids == ["h2"]
 
 
+@pytest.mark.qm9pack
 def test_qm9_selection_excludes_fluorine_and_counts_heavy_atoms():
     sel = sources.qm9_molecules(max_heavy=5, exclude=["F"])
     assert len(sel) == 174 and all("F" not in m.symbols for m in sel)
@@ -586,6 +589,7 @@ def test_check_flags_corrupted_data(tmp_path):
     assert "exceeds grad_tol" in r.stdout and "hess/hv is not symmetric" in r.stdout
 
 
+@pytest.mark.qm9pack
 def test_no_gradient_or_hessian_samples():
     """k_grad = k_hess = 0 (e.g. a test set with TDDFT only) stores empty target stacks."""
     mol = sources.qm9_molecules(indices="3")[0]

@@ -130,13 +130,15 @@ def test_parameters_swapped_before_backward_is_an_error():
 def _graph_saved_bytes(outs) -> int:
     """Bytes of the distinct tensors saved for backward anywhere in the outputs' graph."""
     sizes: dict[int, int] = {}
-    seen: set[int] = set()
+    # Visited nodes are kept referenced: torch may drop an unreferenced node's Python wrapper and
+    # make a new one at the same address later (it does in 2.11), so a bare id() can repeat.
+    seen: dict[int, object] = {}
     stack = [o.grad_fn for o in outs if o.grad_fn is not None]
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen:
             continue
-        seen.add(id(node))
+        seen[id(node)] = node
         saved = []
         for name in dir(node):
             if name.startswith("_saved_") or name == "saved_tensors":
