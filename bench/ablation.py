@@ -312,9 +312,8 @@ def _stage_evaluate(a) -> list[str]:
         groups[k].append((arch, p))
         load[k] += COST.get(arch, 1.0)
     # Each unit is named by its rows, so concurrent invocations never append to the same log.
-    rows = [[f"{arch}:{p}" for arch, p in g] for g in groups]
-    units = [(load[k], " ".join(["evaluate", *r]), ["evaluate", *r]) for k, r in enumerate(rows)]
-    units = [u for u in units if len(u[2]) > 1]
+    cmds = [["evaluate", *[f"{arch}:{p}" for arch, p in g]] for g in groups]
+    units = [(cost, " ".join(c), c) for cost, c, g in zip(load, cmds, groups, strict=True) if g]
     return _run_units(a, units)
 
 

@@ -47,6 +47,10 @@ build() {
   python3 -m pip install -q --no-deps --no-compile --target "$DIXC_SITE" /tmp/dixc-gpu-wheel/dixc-*.whl || return 1
   (cd /tmp && python3 -c "import torch, dixc; print(torch.ops.dixc.build_info()); assert dixc.ops.has_cuda(), 'built without CUDA kernels'")
 }
+# a dixc with CUDA kernels built by this script (not another install the image might hold)
+built() {
+  (cd /tmp && python3 -c "import dixc, sys; sys.exit(0 if dixc.__file__.startswith('$DIXC_SITE/') and dixc.ops.has_cuda() else 1)") 2>/dev/null
+}
 if [[ "${1:-}" == __build ]]; then  # the build stage, run under timeout by run_stage
   build
   exit $?
@@ -87,18 +91,12 @@ fi
 python3 -c "import pyscf" 2>/dev/null || { log "no PySCF: carry .whl (bench/gpu_check.sh --fetch-wheels)"; exit 1; }
 
 
-# a dixc with CUDA kernels built by this script (not another install the image might hold)
-built() {
-  (cd /tmp && python3 -c "import dixc, sys; sys.exit(0 if dixc.__file__.startswith('$DIXC_SITE/') and dixc.ops.has_cuda() else 1)") 2>/dev/null
-}
-
 status=0
 for stage in "${STAGES[@]}"; do
-  if [[ $stage != build ]] && ! built; then
-    run_stage build 60 bash "$0" __build || { status=1; break; }
-  fi
+  # every stage needs the build: made once per machine, kept in /tmp while it stays warm
+  built || run_stage build 60 bash "$0" __build || { status=1; break; }
   case $stage in
-    build) built || run_stage build 60 bash "$0" __build || { status=1; break; } ;;
+    build) ;;
     gpu-tests)
       gpu_done=1
       run_stage gpu-tests 60 python3 -m pytest -m gpu -q -p no:cacheprovider --durations=15 || status=1 ;;
@@ -106,17 +104,15 @@ for stage in "${STAGES[@]}"; do
     suite)
       # every test, CUDA ones included (those not already run by gpu-tests in this call);
       # pytest-xdist workers with 2 threads each
-      expr=()
-      [[ -n ${gpu_done:-} ]] && expr+=("not gpu")
+      expr=""
+      [[ -n ${gpu_done:-} ]] && expr="not gpu"
       if ! python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('qm9pack') is None)"; then
         # qm9pack's 104 MB wheel cannot travel (64 MiB a call); its tests are CPU-only data tests
         log "suite: without the tests marked qm9pack (no qm9pack here; CI runs them)"
-        expr+=("not qm9pack")
+        expr="${expr:+$expr and }not qm9pack"
       fi
       sel=()
-      if ((${#expr[@]})); then
-        sel=(-m "${expr[0]}${expr[1]:+ and ${expr[1]}}")
-      fi
+      [[ -n $expr ]] && sel=(-m "$expr")
       par=()
       python3 -c "import xdist" 2>/dev/null && par=(-n "${DIXC_GPU_WORKERS:-8}" --dist loadfile)
       OMP_NUM_THREADS=2 run_stage suite 120 python3 -m pytest -q -p no:cacheprovider "${sel[@]}" \
