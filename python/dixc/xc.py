@@ -8,6 +8,10 @@ No finite differences and no Hessian in AO space. For local functionals the feat
 is block diagonal over grid points, so ``XCKernel`` builds it once (nfeat backward passes) and then
 applies it to any number of response densities at the cost of one batched ``eval_rho`` and one
 batched ``contract_vxc``. Nonlocal functionals get one vector-Jacobian product per response density.
+
+Training (``create_graph``) never keeps the network's graph from the forward to the parameter
+backward: ``_LocalXCRecompute``, ``_XCRecompute`` and ``_FxcRecompute`` save the features and
+the parameters and rebuild the graph in ``backward`` (chunk by chunk of points, or of probes).
 """
 
 from __future__ import annotations
@@ -167,6 +171,75 @@ class _XCRecompute(torch.autograd.Function):
         return (None, None, grho, *grads[1:])
 
 
+class _FxcRecompute(torch.autograd.Function):
+    """Second-order weights w1_b = (d^2 E_xc / d rho^2) rho1_b of any (nonlocal) functional,
+    with the graph recomputed in ``backward`` probe chunk by probe chunk.
+
+    Kept as an ordinary graph, every response density holds its own vector-Jacobian product
+    through the network (and its derivative) until the parameter backward: for EG-XC ~1.1 GB per
+    probe at 50 k grid points, all probes at once. Here the forward builds E_xc and dE/d rho once,
+    takes the B products without keeping a graph and saves ``rho0``, ``rho1`` and the
+    parameters. The backward rebuilds dE/d rho once (kept for the whole backward) and then, for
+    ``chunk`` probes at a time, rebuilds their products and contracts them with the incoming
+    gradients, d/dx sum_b <g_b, w1_b> for x in (rho0, rho1, parameters), freeing each chunk's
+    graph before the next. Memory: the first-order graph and one chunk's products; cost: the
+    first-order graph is traversed once per chunk. Exact to every order (``create_graph`` in the
+    backward keeps the recomputed graph).
+
+    ``apply(functional, grid, chunk, rho0, rho1, *params)`` -> ``w1``: ``rho0`` ``(nfeat, ngrid)``,
+    ``rho1`` and ``w1`` ``(B, nfeat, ngrid)``; ``chunk`` None: all probes in one pass.
+    """
+
+    @staticmethod
+    def forward(ctx, functional, grid, chunk, rho0, rho1, *params):
+        w1 = torch.empty_like(rho1)
+        with torch.enable_grad():
+            r = rho0.detach().requires_grad_(True)
+            exc = functional(r, grid)
+            (g,) = torch.autograd.grad(exc, r, create_graph=True)
+            for b in range(rho1.shape[0]):
+                (w1[b],) = torch.autograd.grad(g, r, rho1[b], retain_graph=True)
+        ctx.functional, ctx.grid, ctx.chunk = functional, grid, chunk
+        ctx.param_ids = tuple(id(p) for p in params)
+        ctx.save_for_backward(rho0, rho1, *params)
+        return w1
+
+    @staticmethod
+    def backward(ctx, gw1):
+        rho0, rho1, *params = ctx.saved_tensors
+        _check_same_params(ctx)
+        create = torch.is_grad_enabled()
+        need0, need1 = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        nb = rho1.shape[0]
+        chunk = nb if ctx.chunk is None else max(1, int(ctx.chunk))
+        grads: list[torch.Tensor | None] = [None] * (2 + len(params))
+        with torch.enable_grad():
+            r = rho0 if (create and rho0.requires_grad) else rho0.detach().requires_grad_(True)
+            r1 = rho1
+            if not (create and rho1.requires_grad):
+                r1 = rho1.detach().requires_grad_(need1)
+            exc = ctx.functional(r, ctx.grid)
+            (g,) = torch.autograd.grad(exc, r, create_graph=True)
+            inputs = [r, *params] + ([r1] if need1 else [])
+            order = [0, *range(2, 2 + len(params))] + ([1] if need1 else [])  # inputs -> grads
+            for a in range(0, nb, chunk):
+                b = min(a + chunk, nb)
+                s = None
+                for i in range(a, b):
+                    (w,) = torch.autograd.grad(g, r, r1[i], create_graph=True)
+                    si = (gw1[i] * w).sum()
+                    s = si if s is None else s + si
+                out = torch.autograd.grad(
+                    s, inputs, allow_unused=True, create_graph=create, retain_graph=create or b < nb
+                )  # fmt: skip
+                for k, gk in zip(order, out, strict=True):
+                    if gk is not None:
+                        grads[k] = gk if grads[k] is None else grads[k] + gk
+        g0 = grads[0] if need0 else None
+        g1 = grads[1] if need1 else None
+        return (None, None, None, g0, g1, *grads[2:])
+
+
 def _check_same_params(ctx) -> None:
     """The recomputation in ``backward`` must see the parameters the forward saw."""
     now = tuple(id(p) for p in ctx.functional.parameters() if p.requires_grad)
@@ -267,6 +340,10 @@ class XCKernel:
         dm0: ``(nao, nao)`` reference density matrix (treated as a constant).
         create_graph: keep the graph through the functional (training: the result is then
             differentiable w.r.t. the functional's parameters).
+        probe_chunk: nonlocal functionals under ``create_graph``: response densities whose
+            graphs are rebuilt together in the parameter backward (None: all at once). Peak
+            memory is the first-order graph plus ``probe_chunk`` products; the first-order graph
+            is traversed once per chunk (:class:`_FxcRecompute`).
     """
 
     def __init__(
@@ -275,8 +352,10 @@ class XCKernel:
         functional: XCFunctional,
         dm0: torch.Tensor,
         create_graph: bool = False,
+        probe_chunk: int | None = 1,
     ) -> None:
         self.ctx, self.functional, self.create_graph = ctx, functional, create_graph
+        self.probe_chunk = probe_chunk
         self.xctype = functional.xctype
         self._hess: torch.Tensor | None = None
         self._ncalls = 0
@@ -297,13 +376,18 @@ class XCKernel:
                                                       0, rho0.shape[0] - nf))  # fmt: skip
             self.rho0, self.exc0, self._g, self._hess = rho0, exc, g, hess
             return
+        if create_graph:  # training, nonlocal: graphs recomputed in the parameter backward
+            self._params = [p for p in functional.parameters() if p.requires_grad]
+            with torch.enable_grad():
+                self.exc0, self._g = _XCRecompute.apply(functional, ctx.grid, rho0, *self._params)
+            self.rho0 = rho0
+            _check_finite(self.exc0, "E_xc", ctx)
+            return
         with torch.enable_grad():
             rho0.requires_grad_(True)
             exc = functional(rho0, ctx.grid)
             (g,) = torch.autograd.grad(exc, rho0, create_graph=True)
-        self.rho0, self.exc0, self._g = rho0, exc, g
-        if not create_graph:
-            self.exc0 = exc.detach()
+        self.rho0, self.exc0, self._g = rho0, exc.detach(), g
 
     @property
     def wv0(self) -> torch.Tensor:
@@ -345,6 +429,12 @@ class XCKernel:
             # w1[b,k,g] = sum_l H[k,l,g] rho1[b,l,g]
             return torch.einsum("klg,...lg->...kg", self._build_hessian(), rho1)
         r1 = rho1 if batched else rho1[None]
+        if self.create_graph and not self.functional.is_local:
+            with torch.enable_grad():
+                w1 = _FxcRecompute.apply(self.functional, self.ctx.grid, self.probe_chunk,
+                                         self.rho0, r1, *self._params)  # fmt: skip
+            _check_finite(w1, "f_xc", self.ctx)
+            return w1 if batched else w1[0]
         if self._chunked:  # one forward-over-backward per chunk, no graph kept
             w1 = torch.empty_like(r1)
             wts = self.ctx.grid.weights

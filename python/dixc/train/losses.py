@@ -234,7 +234,7 @@ def molecule_losses(
     use_e, use_g, use_h = loss_cfg.energy.enabled, loss_cfg.grad.enabled, loss_cfg.hess.enabled
     exc0 = vxc0 = kernel = None
     if use_h:  # one functional evaluation at D* gives E_xc, V_xc and the kernel
-        kernel = XCKernel(ctx, f, mol.dm, create_graph=True)
+        kernel = XCKernel(ctx, f, mol.dm, create_graph=True, probe_chunk=loss_cfg.hess.probe_chunk)
         exc0, vxc0 = kernel.exc0, ctx.contract_vxc(kernel.wv0, f.xctype)
     elif use_g:
         exc0, vxc0 = exc_vxc(ctx, f, mol.dm, create_graph=True)
