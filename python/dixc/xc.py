@@ -135,9 +135,10 @@ class _XCRecompute(torch.autograd.Function):
     """E_xc and dE/d rho of any (nonlocal) functional with the graph recomputed in ``backward``.
 
     The nonlocal counterpart of :class:`_LocalXCRecompute` without chunking (a nonlocal energy
-    does not split over grid points): the forward evaluates E_xc and its feature gradient without
-    keeping a graph and saves ``rho`` and the parameters; the backward rebuilds the graph once and
-    contracts it with the incoming gradients, d/dx [<g_E, E> + <g_w, dE/d rho>]. An unrolled SCF
+    does not split over grid points, but a batch splits over its densities): the forward evaluates
+    E_xc and its feature gradient without keeping a graph and saves ``rho`` and the parameters;
+    the backward rebuilds the graph once, one density of a batch at a time, and contracts it with
+    the incoming gradients, d/dx [<g_E, E> + <g_w, dE/d rho>]. An unrolled SCF
     then holds one evaluation's graph at a time instead of one per cycle, for one extra
     forward and feature backward per evaluation. Exact to every order (``create_graph`` in the
     backward keeps the recomputed graph).
@@ -147,28 +148,48 @@ class _XCRecompute(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, functional, grid, rho, *params):
-        with torch.enable_grad():
-            r = rho.detach().requires_grad_(True)
-            exc = functional(r, grid)
-            (wv,) = torch.autograd.grad(exc.sum(), r)
+        exc = rho.new_empty(rho.shape[:-2])
+        wv = torch.empty_like(rho)
+        for b in _batch_items(rho):  # one density's graph at a time
+            with torch.enable_grad():
+                r = rho[b].detach().requires_grad_(True)
+                e = functional(r, grid)
+                (wv[b],) = torch.autograd.grad(e, r)
+            exc[b] = e.detach()
         ctx.functional, ctx.grid = functional, grid
         ctx.param_ids = tuple(id(p) for p in params)
         ctx.save_for_backward(rho, *params)
-        return exc.detach(), wv
+        return exc, wv
 
     @staticmethod
     def backward(ctx, gexc, gwv):
         rho, *params = ctx.saved_tensors
         _check_same_params(ctx)
         create = torch.is_grad_enabled()
-        with torch.enable_grad():
-            r = rho if (create and rho.requires_grad) else rho.detach().requires_grad_(True)
-            exc = ctx.functional(r, ctx.grid)
-            (wv,) = torch.autograd.grad(exc.sum(), r, create_graph=True)
-            s = (gexc * exc).sum() + (gwv * wv).sum()
-            grads = torch.autograd.grad(s, [r, *params], allow_unused=True, create_graph=create)
-        grho = grads[0] if ctx.needs_input_grad[2] else None
-        return (None, None, grho, *grads[1:])
+        grho: list[torch.Tensor] = []
+        gparams: list[torch.Tensor | None] = [None] * len(params)
+        for b in _batch_items(rho):  # densities are independent: one graph at a time, no extra cost
+            with torch.enable_grad():
+                r = rho[b]
+                if not (create and r.requires_grad):
+                    r = r.detach().requires_grad_(True)
+                exc = ctx.functional(r, ctx.grid)
+                (wv,) = torch.autograd.grad(exc, r, create_graph=True)
+                s = (gexc[b] * exc).sum() + (gwv[b] * wv).sum()
+                grads = torch.autograd.grad(s, [r, *params], allow_unused=True, create_graph=create)
+            grho.append(grads[0])
+            for i, gp in enumerate(grads[1:]):
+                if gp is not None:
+                    gparams[i] = gp if gparams[i] is None else gparams[i] + gp
+        grho_all = None
+        if ctx.needs_input_grad[2]:
+            grho_all = torch.stack(grho) if rho.dim() == 3 else grho[0]
+        return (None, None, grho_all, *gparams)
+
+
+def _batch_items(rho: torch.Tensor) -> list:
+    """Indices of the densities in ``((B,) nfeat, ngrid)`` features (``...`` if unbatched)."""
+    return list(range(rho.shape[0])) if rho.dim() == 3 else [...]
 
 
 class _FxcRecompute(torch.autograd.Function):

@@ -136,8 +136,8 @@ class HessTerm:
     n_probes: int | None = _f(4, "probes drawn per step from the stored ones (null: all)")
     probe_chunk: int | None = _f(
         1, "nonlocal functionals: probes whose graphs the parameter backward rebuilds together "
-        "(null: all). Each adds its graph to the peak (EG-XC, 51 k points, 4 probes: 3.8 GB "
-        "per step at 1, 6.0 GB at null; same time)",
+        "(null: all). Each adds its graph to the peak (EG-XC, 51 k points, 4 probes: 3.4 GB "
+        "per step at 1, 5.9 GB at null; same time)",
     )  # fmt: skip
 
 
