@@ -59,6 +59,18 @@ def water_features():
     return rho, ctx.grid
 
 
+def test_create_names_options_an_architecture_does_not_take():
+    with pytest.raises(ValueError, match=r"has depth, widht, which functional 'egxc' does not "
+                       r"take; its options: baseline, n_radial"):  # fmt: skip
+        F.create("EGXC", widht=3, depth=2, hidden=4)
+    with pytest.raises(ValueError, match=r"unknown functional 'egx'; available: .*egxc"):
+        F.create("egx")
+    assert F.options("skala_mgga") == ["hidden", "n_output_layers", "feature_eps", "rho_min",
+                                       "dtype"]  # fmt: skip
+    assert F.options("pw92_mod") is None  # a factory taking **cfg passes everything on
+    F.check_config("xcdiff", {"hidden": 4})
+
+
 @pytest.mark.parametrize("name", ARCHS)
 def test_rotation_translation_invariance(name, water_features):
     rho, grid = water_features

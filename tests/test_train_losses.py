@@ -292,6 +292,23 @@ def test_presets_switch_terms():
         config.resolve({"loss": {"hess": {"nprobes": 2}}})
 
 
+def test_arch_config_is_checked_against_the_architecture():
+    """A file's arch_config stays when an override changes model.arch: a clear error names the
+    keys the new architecture does not take and the fix; null clears it, then keys are set."""
+    file_values = {"model": {"arch": "mlp_mgga", "arch_config": {"hidden": 8, "depth": 2}}}
+    msg = r"arch_config has depth, which functional 'egxc' does not take; its options: .*hidden"
+    with pytest.raises(ValueError, match=msg + r".*--set model.arch_config=null clears it"):
+        config.resolve(file_values, [config.parse_override("model.arch=egxc")])
+    sets = ["model.arch=egxc", "model.arch_config=null", "model.arch_config.hidden=16"]
+    cfg = config.resolve(file_values, [config.parse_override(t) for t in sets])
+    assert cfg.model.arch == "egxc" and cfg.model.arch_config == {"hidden": 16}
+    cfg = config.resolve(file_values, [config.parse_override("model.arch_config=null")])
+    assert cfg.model.arch_config == {}
+    # a functional file to start from replaces arch and arch_config: not checked against them
+    values = {"model": {"arch": "egxc", "arch_config": {"depth": 2}, "init": "f.safetensors"}}
+    assert config.resolve(values).model.init == "f.safetensors"
+
+
 def test_dataclass_fields_are_all_documented():
     for key, _, doc in config.field_table():
         assert doc, key

@@ -8,7 +8,8 @@ All share the interface of :class:`dixc.functionals.base.XCFunctional`. Create o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 
 from dixc.functionals.base import NFEAT, XCFunctional
 
@@ -35,11 +36,33 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create(name: str, **cfg) -> XCFunctional:
-    """Builds the functional registered as ``name`` (case-insensitive) with keyword config."""
+def options(name: str) -> list[str] | None:
+    """The constructor options of the functional ``name`` (None: any keyword is passed on)."""
     key = name.lower()
     if key not in _REGISTRY:
         raise ValueError(f"dixc: unknown functional {name!r}; available: {', '.join(available())}")
+    params = inspect.signature(_REGISTRY[key]).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in params if p.kind in keyword and p.name != "self"]
+
+
+def check_config(name: str, cfg: Mapping[str, object], where: str = "the arguments") -> None:
+    """Raises ``ValueError`` naming the keys of ``cfg`` that ``create(name)`` does not take."""
+    allowed = options(name)
+    bad = [] if allowed is None else sorted(k for k in cfg if k not in allowed)
+    if bad:
+        raise ValueError(
+            f"dixc: {where} has {', '.join(bad)}, which functional {name.lower()!r} does not "
+            f"take; its options: {', '.join(allowed) or 'none'}"
+        )
+
+
+def create(name: str, **cfg) -> XCFunctional:
+    """Builds the functional registered as ``name`` (case-insensitive) with keyword config."""
+    check_config(name, cfg)
+    key = name.lower()
     factory = _REGISTRY[key]
     f = factory(**cfg)
     if not isinstance(factory, type):  # a factory function: it is rebuilt by its own name
@@ -65,8 +88,10 @@ __all__ = [
     "PretrainResult",
     "XCFunctional",
     "available",
+    "check_config",
     "create",
     "load",
+    "options",
     "pretrain",
     "read_metadata",
     "register",

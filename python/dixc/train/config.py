@@ -265,6 +265,8 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
 
 
 def _coerce(value: Any, type_text: str, name: str) -> Any:
+    if value is None and type_text == "dict":  # model.arch_config: null -> no arguments
+        return {}
     # YAML 1.1 reads "1e-4" (no dot) as a string: accept it where a float is expected
     if isinstance(value, str) and "float" in type_text:
         try:
@@ -370,6 +372,18 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError("dixc train: data.val_fraction must be in [0, 1)")
     if o.ema_decay is not None and not 0.0 <= o.ema_decay < 1.0:
         raise ValueError("dixc train: optim.ema_decay must be in [0, 1) or null")
+    if cfg.model.init is None:
+        from dixc import functionals
+
+        try:
+            functionals.check_config(cfg.model.arch, cfg.model.arch_config, "model.arch_config")
+        except ValueError as err:
+            raise ValueError(
+                f"dixc train: {str(err).removeprefix('dixc: ')}. A config file's "
+                "model.arch_config stays when --set model.arch changes the architecture and "
+                "--set merges into it: --set model.arch_config=null clears it (the "
+                "architecture's defaults), then --set model.arch_config.KEY=VALUE"
+            ) from None
 
 
 # ---- documentation -----------------------------------------------------------------------------
