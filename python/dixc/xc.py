@@ -125,9 +125,7 @@ class _LocalXCRecompute(torch.autograd.Function):
                 grads = torch.autograd.grad(s, [r, *params], allow_unused=True, create_graph=create)
             if need_rho:
                 grho.append(grads[0])
-            for i, gp in enumerate(grads[1:]):
-                if gp is not None:
-                    gparams[i] = gp if gparams[i] is None else gparams[i] + gp
+            _accumulate(gparams, range(len(params)), grads[1:])
         return (None, None, None, torch.cat(grho, dim=-1) if need_rho else None, *gparams)
 
 
@@ -178,9 +176,7 @@ class _XCRecompute(torch.autograd.Function):
                 s = (gexc[b] * exc).sum() + (gwv[b] * wv).sum()
                 grads = torch.autograd.grad(s, [r, *params], allow_unused=True, create_graph=create)
             grho.append(grads[0])
-            for i, gp in enumerate(grads[1:]):
-                if gp is not None:
-                    gparams[i] = gp if gparams[i] is None else gparams[i] + gp
+            _accumulate(gparams, range(len(params)), grads[1:])
         grho_all = None
         if ctx.needs_input_grad[2]:
             grho_all = torch.stack(grho) if rho.dim() == 3 else grho[0]
@@ -253,12 +249,17 @@ class _FxcRecompute(torch.autograd.Function):
                 out = torch.autograd.grad(
                     s, inputs, allow_unused=True, create_graph=create, retain_graph=create or b < nb
                 )  # fmt: skip
-                for k, gk in zip(order, out, strict=True):
-                    if gk is not None:
-                        grads[k] = gk if grads[k] is None else grads[k] + gk
+                _accumulate(grads, order, out)
         g0 = grads[0] if need0 else None
         g1 = grads[1] if need1 else None
         return (None, None, None, g0, g1, *grads[2:])
+
+
+def _accumulate(acc: list, slots, grads) -> None:
+    """``acc[slot] += grad`` for each (slot, grad) pair; ``None`` grads skipped, empty slots set."""
+    for k, g in zip(slots, grads, strict=True):
+        if g is not None:
+            acc[k] = g if acc[k] is None else acc[k] + g
 
 
 def _check_same_params(ctx) -> None:
