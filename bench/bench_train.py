@@ -62,8 +62,7 @@ def main() -> None:
     sizes = [(m.id, m.ctx.nao, m.ctx.grid.ngrid) for m in mols]
     print(f"data {a.data}: {len(ds)} molecules; timing {len(mols)} (id, nao, ngrid): {sizes}")
     print(f"grid level {a.grid_level}, torch threads {a.threads}, float64, CPU")
-    base = _base_values(a)
-    lc0 = config.resolve(dict(base, loss=dict(base.get("loss", {}), preset=PRESETS[-1]))).loss
+    lc0 = _loss_config(a, PRESETS[-1])
     print(f"loss settings: unrolled SCF {lc0.scf.n_cycles} cycles, {lc0.grad.n_points} gradient "
           f"points, {lc0.hess.n_probes} Hessian probes per molecule-step")  # fmt: skip
     print(f"| arch | params | {' | '.join(PRESETS)} | hess / E+rho |")
@@ -78,9 +77,7 @@ def main() -> None:
         nparam = sum(p.numel() for p in f.parameters())
         times = {}
         for preset in PRESETS:
-            values = dict(base)
-            values["loss"] = dict(base.get("loss", {}), preset=preset)
-            lc = config.resolve(values).loss
+            lc = _loss_config(a, preset)
             w = losses.term_weights(lc)
             per_mol = []
             for m in mols:
@@ -98,15 +95,13 @@ def main() -> None:
         print(f"| {arch} | {nparam} | {cells} | {times[PRESETS[-1]] / times[PRESETS[0]]:.2f} |")
 
 
-def _base_values(a: argparse.Namespace) -> dict:
-    """The ``--config`` file's values with ``--probe-chunk`` applied."""
-    base = config.load_yaml(a.config) if a.config else {}
+def _loss_config(a: argparse.Namespace, preset: str):
+    """The loss section of ``--config`` with ``preset`` and ``--probe-chunk`` applied."""
+    overrides = [{"loss": {"preset": preset}}]
     if a.probe_chunk is not None:
         chunk = None if a.probe_chunk == "all" else int(a.probe_chunk)
-        loss = dict(base.get("loss", {}))
-        loss["hess"] = dict(loss.get("hess", {}), probe_chunk=chunk)
-        base = dict(base, loss=loss)
-    return base
+        overrides.append({"loss": {"hess": {"probe_chunk": chunk}}})
+    return config.resolve(config.load_yaml(a.config) if a.config else {}, overrides).loss
 
 
 def _peak_gb() -> float:
@@ -117,9 +112,7 @@ def _child_step(a: argparse.Namespace, ds: data.ReferenceDataset) -> None:
     """One molecule-step in this (fresh) process; prints a JSON line with its peak memory."""
     arch, preset, mid = a.child
     rec = ds[mid]
-    values = _base_values(a)
-    values["loss"] = dict(values.get("loss", {}), preset=preset)
-    lc = config.resolve(values).loss
+    lc = _loss_config(a, preset)
     mol = losses.prepare_molecule(rec, ds.config, grid_level=a.grid_level)
     torch.manual_seed(0)
     f = functionals.create(arch)
