@@ -123,7 +123,7 @@ class _PySCF:
             else sources.xyz_molecules(cfg.source)
         )
         self.mol = reference.build_mole(mols[0], cfg.reference)
-        self.mf = reference.make_rks(self.mol, cfg.reference)
+        self.mf = reference.make_rks(self.mol, cfg.reference, numint="pyscf")  # independent
         self.mf.grids.build()
         self.occ = rec["scf/mo_occ"].numpy()
         self.nocc = int(rec.attrs["nocc"])
@@ -609,3 +609,75 @@ def test_check_accepts_data_without_probes(tmp_path):
         f["molecules/water/scf/g"][0, 0] = 1e-3
     r = cli("--check", path)
     assert r.returncode == 1 and "exceeds grad_tol" in r.stdout
+
+
+def test_numint_dixc_and_pyscf_store_the_same_numbers(tmp_path):
+    """The grid work in dixc's kernels (default) or PySCF's NumInt: every stored array agrees.
+
+    Both SCFs take the same path (their Fock matrices differ by ~1e-13), the orbital phase
+    convention removes the eigensolver's sign freedom, so X, G and H v agree element by element.
+    Tolerance 1e-10 relative per array (measured <= 4e-11, the largest in TDDFT oscillator
+    strengths, whose Davidson stops at a 1e-5 residual); the stationarity residual scf/g (~1e-9)
+    to 1e-12 absolute.
+    """
+    src = write_xyz(tmp_path, {"formaldehyde": SMALL["formaldehyde"]})
+    mol = sources.xyz_molecules([src])[0]
+    cfg = small_reference(basis="def2-svp", k_grad=3, k_hess=3, n_tddft=2)
+    ref = reference.compute_reference(mol, cfg, threads=1, numint="pyscf")
+    new = reference.compute_reference(mol, cfg, threads=1, numint="dixc")
+    assert set(new.arrays) == set(ref.arrays)
+    for key, a in ref.arrays.items():
+        b = new.arrays[key]
+        assert b.shape == a.shape and b.dtype == a.dtype, key
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if key == "scf/g":
+            assert np.abs(b - a).max() <= 1e-12
+        elif a.size:
+            assert np.abs(b - a).max() <= 1e-10 * max(np.abs(a).max(), 1e-300), key
+    assert new.attrs["scf_cycles"] == ref.attrs["scf_cycles"]
+    with pytest.raises(ValueError, match="unknown numint 'libxc'"):
+        reference.compute_reference(mol, cfg, threads=1, numint="libxc")
+    with pytest.raises(ValueError, match="unknown numint"):
+        GenerateConfig(out=str(tmp_path / "x"), numint="libxc")
+
+
+def test_orbital_phase_convention():
+    """fix_phase is independent of the input's column signs, also with symmetry-equivalent ties."""
+    rng = np.random.default_rng(0)
+    c = rng.standard_normal((6, 4))
+    c[1, 2], c[4, 2] = 3.0, -3.0 + 1e-13  # a tie up to round-off: AO order decides (AO 1)
+    fixed = reference.fix_phase(c)
+    for signs in ([1, -1, -1, 1], [-1, -1, -1, -1]):
+        np.testing.assert_array_equal(reference.fix_phase(c * np.array(signs)), fixed)
+    assert fixed[1, 2] == 3.0 and np.all(np.abs(fixed) == np.abs(c))
+    idx = np.argmax(np.abs(np.delete(fixed, 2, axis=1)), axis=0)
+    assert np.all(np.delete(fixed, 2, axis=1)[idx, np.arange(3)] > 0)
+
+
+@pytest.mark.parametrize("n_tddft", [2, 4])
+def test_tddft_roots_are_the_lowest(tmp_path, n_tddft):
+    """Stored TDA / TDDFT energies are the lowest eigenvalues of the full response problem.
+
+    Reference: PySCF's A and B matrices (``get_ab``, PySCF's own NumInt) diagonalised densely:
+    TDA = eig(A), full TDDFT omega^2 = eig((A - B)(A + B)). Water at B3LYP/def2-SVP is the case
+    where Davidson from only the n lowest Koopmans guesses sometimes (not reproducibly: it
+    depended on the process's history) converged onto 9.95 eV and missed the 9.53 eV singlet;
+    the generator now starts from max(2n, n + 4) guesses. Tolerance 1e-8 Eh (Davidson's residual
+    threshold 1e-5).
+    """
+    import scipy.linalg
+
+    src = write_xyz(tmp_path, {"water": WATER})
+    mol = sources.xyz_molecules([src])[0]
+    cfg = small_reference(basis="def2-svp", k_grad=0, k_hess=0, n_tddft=n_tddft)
+    res = reference.compute_reference(mol, cfg, threads=1)
+    mf = reference.make_rks(reference.build_mole(mol, cfg), cfg, numint="pyscf")
+    mf.kernel()
+    a, b = mf.TDA().get_ab()
+    n = a.shape[0] * a.shape[1]
+    a, b = a.reshape(n, n), b.reshape(n, n)
+    tda = scipy.linalg.eigvalsh(a)[:n_tddft]
+    rpa = np.sqrt(np.sort(np.linalg.eigvals((a - b) @ (a + b)).real)[:n_tddft])
+    assert bool(res.arrays["tddft/tda_converged"].all() and res.arrays["tddft/rpa_converged"].all())
+    np.testing.assert_allclose(res.arrays["tddft/tda_e"], tda, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(res.arrays["tddft/rpa_e"], rpa, rtol=0, atol=1e-8)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from dixc import data
-from dixc.reference import ReferenceConfig, SCFConvergenceError, compute_reference
+from dixc.reference import NUMINTS, ReferenceConfig, SCFConvergenceError, compute_reference
 from dixc.sources import (
     InvalidMoleculeError,
     Molecule,
@@ -61,6 +61,8 @@ class GenerateConfig:
         shard: (i, n): this run treats molecules with crc32(id) % n == i.
         workers: processes on this machine (1: in this process).
         threads: OpenMP threads per worker (None: usable cores // workers).
+        numint: semilocal grid work (SCF V_xc, response f_xc) in ``"dixc"``'s kernels or in
+            ``"pyscf"``'s ``NumInt``; the same numbers to ~1e-12 (see ``reference.make_rks``).
         skip_invalid: log and skip invalid molecules instead of stopping.
         retry_failed: recompute molecules recorded as failed in an earlier run.
         progress: tqdm progress bar (stderr).
@@ -80,10 +82,15 @@ class GenerateConfig:
     shard: tuple[int, int] = (0, 1)
     workers: int = 1
     threads: int | None = None
+    numint: str = "dixc"
     skip_invalid: bool = False
     retry_failed: bool = False
     progress: bool = True
     reference: ReferenceConfig = dataclasses.field(default_factory=ReferenceConfig)
+
+    def __post_init__(self):
+        if self.numint not in NUMINTS:
+            raise ValueError(f"dixc: unknown numint {self.numint!r}; choose one of {NUMINTS}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -207,13 +214,14 @@ def _work(
     parts_dir: str,
     root_attrs: dict[str, Any],
     threads: int | None,
+    numint: str = "dixc",
 ) -> dict[str, Any]:
     """Computes one molecule and writes its part file; returns a small status dict."""
     ref = ReferenceConfig.from_dict(reference)
     base = {"id": m.id, "source": m.source, "formula": m.formula}
     t0 = time.perf_counter()
     try:
-        res = compute_reference(m, ref, threads=threads)
+        res = compute_reference(m, ref, threads=threads, numint=numint)
     except (SCFConvergenceError, ValueError) as err:
         kind = "scf" if isinstance(err, SCFConvergenceError) else "input"
         attrs = {**base, "error_type": type(err).__name__, "reason": str(err)}
@@ -243,9 +251,11 @@ def _work(
 
 def _init_worker(threads: int, log_level: int) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s: %(message)s")
+    import torch
     from pyscf import lib
 
     lib.num_threads(threads)
+    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,7 +410,7 @@ def _run(
     with bar, logging_redirect_tqdm():
         if workers == 1:
             for m in todo:
-                _account(summary, _work(m, ref_dict, parts_dir, root_attrs, threads))
+                _account(summary, _work(m, ref_dict, parts_dir, root_attrs, threads, cfg.numint))
                 bar.update()
             return
         remaining = {m.id: m for m in todo}
@@ -415,7 +425,7 @@ def _run(
             )
             try:
                 futs = [
-                    pool.submit(_work, m, ref_dict, parts_dir, root_attrs, threads)
+                    pool.submit(_work, m, ref_dict, parts_dir, root_attrs, threads, cfg.numint)
                     for m in remaining.values()
                 ]
                 for fut in cf.as_completed(futs):
@@ -550,6 +560,13 @@ def add_arguments(p) -> None:
     x.add_argument("--workers", type=int, default=1, help="processes on this machine")
     x.add_argument("--threads", type=int, help="OpenMP threads per worker (cores // workers)")
     x.add_argument(
+        "--numint",
+        choices=NUMINTS,
+        default="dixc",
+        help="semilocal grid work (SCF V_xc, TDDFT/Hessian f_xc) in dixc's kernels (default) or "
+        "PySCF's NumInt; the same numbers to ~1e-12",
+    )
+    x.add_argument(
         "--retry-failed", action="store_true", help="recompute molecules recorded as failed"
     )
     x.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -610,6 +627,7 @@ def config_from_args(a) -> GenerateConfig:
         shard=parse_shard(a.shard),
         workers=a.workers,
         threads=a.threads,
+        numint=a.numint,
         skip_invalid=a.skip_invalid,
         retry_failed=a.retry_failed,
         progress=not a.no_progress,

@@ -175,11 +175,28 @@ def build_mole(molecule: Molecule, config: ReferenceConfig):
         ) from err
 
 
-def make_rks(mol, config: ReferenceConfig):
-    """The reference RKS object (not run): functional, grid level, thresholds, density fitting."""
+NUMINTS = ("dixc", "pyscf")
+
+
+def make_rks(mol, config: ReferenceConfig, numint: str = "dixc"):
+    """The reference RKS object (not run): functional, grid level, thresholds, density fitting.
+
+    Args:
+        mol: PySCF ``Mole``.
+        config: the reference settings.
+        numint: who does the semilocal grid work (V_xc in the SCF, f_xc in every response):
+            ``"dixc"`` (:class:`dixc.pyscf_numint.DixcNumInt`, same numbers to ~1e-14, 2-4x
+            faster responses) or ``"pyscf"`` (PySCF's own ``NumInt``).
+    """
     from pyscf import dft
 
+    if numint not in NUMINTS:
+        raise ValueError(f"dixc: unknown numint {numint!r}; choose one of {NUMINTS}")
     mf = dft.RKS(mol, xc=config.xc)
+    if numint == "dixc":
+        from dixc.pyscf_numint import DixcNumInt
+
+        mf._numint = DixcNumInt()
     mf.grids.level = config.grid_level
     mf.conv_tol = config.conv_tol
     mf.conv_tol_grad = config.conv_tol_grad
@@ -277,6 +294,22 @@ def hessian_vector_products(mf, mo_coeff: np.ndarray, fock: np.ndarray, x: np.nd
 def _occ_first(mo_energy, mo_coeff, mo_occ):
     order = np.argsort(-np.asarray(mo_occ), kind="stable")
     return mo_energy[order], mo_coeff[:, order], mo_occ[order]
+
+
+def fix_phase(mo_coeff: np.ndarray) -> np.ndarray:
+    """Orbitals with a fixed sign: in each column, the first AO coefficient whose magnitude is
+    within 1e-6 (relative) of the column's largest is positive.
+
+    The eigensolver's signs are arbitrary (they can flip between BLAS builds or with the last
+    digit of the Fock matrix), and every stored quantity in the MO basis (the rotations X, G, H v)
+    follows them; a fixed convention makes the data reproducible. The tolerance settles the ties
+    of symmetry-equivalent atoms (equal magnitudes up to round-off) by AO order. Degenerate
+    orbitals keep the solver's rotation within their subspace.
+    """
+    mag = np.abs(mo_coeff)
+    idx = np.argmax(mag >= mag.max(axis=0) * (1 - 1e-6), axis=0)  # first such AO
+    sign = np.sign(mo_coeff[idx, np.arange(mo_coeff.shape[1])])
+    return mo_coeff * np.where(sign == 0, 1.0, sign)
 
 
 def _grad_norm(mf, mo_coeff, mo_occ) -> float:
@@ -406,14 +439,19 @@ def _pick_iterates(n: int, m: int) -> list[int]:
 
 
 def compute_reference(
-    molecule: Molecule, config: ReferenceConfig, threads: int | None = None
+    molecule: Molecule,
+    config: ReferenceConfig,
+    threads: int | None = None,
+    numint: str = "dixc",
 ) -> ReferenceResult:
     """Runs the reference SCF and computes every stored target for one molecule.
 
     Args:
         molecule: a validated molecule (see :func:`dixc.sources.validate`).
         config: what to compute.
-        threads: OpenMP threads for PySCF (None: leave PySCF's setting).
+        threads: OpenMP threads for PySCF and torch (None: leave their settings).
+        numint: grid work in dixc's kernels (``"dixc"``) or PySCF's (``"pyscf"``); see
+            :func:`make_rks`. Not part of ``config``: the stored numbers agree to ~1e-12.
 
     Returns:
         Arrays (float64 unless noted; nao = AO count, nmo = MO count, n_occ = N/2,
@@ -433,12 +471,15 @@ def compute_reference(
     from pyscf import lib
 
     if threads is not None:
+        import torch
+
         lib.num_threads(threads)
+        torch.set_num_threads(threads)
     clock, total = _Stopwatch(), _Stopwatch()
     total.start()
     rng = np.random.default_rng(molecule_seed(molecule.id, config.seed))
     mol = build_mole(molecule, config)
-    mf = make_rks(mol, config)
+    mf = make_rks(mol, config, numint)
     nocc = mol.nelectron // 2
 
     # ---- SCF
@@ -453,6 +494,7 @@ def compute_reference(
     fock0 = mf.get_fock(h1e=h1e, dm=dm0)
     mo_energy, mo_coeff = mf.canonicalize(scf["mo_coeff"], mo_occ, fock0)
     mo_energy, mo_coeff, mo_occ = _occ_first(mo_energy, mo_coeff, mo_occ)
+    mo_coeff = fix_phase(mo_coeff)
     dm = mf.make_rdm1(mo_coeff, mo_occ)  # D* (equal to dm0 up to round-off)
     fock, veff, terms = _energy_terms(mf, h1e, dm)
     fock_hj = h1e + veff.vj
@@ -509,17 +551,25 @@ def compute_reference(
     clock.start()
     tddft: dict[str, np.ndarray] = {}
     if config.n_tddft:
-        x0 = None
+        nstates = min(config.n_tddft, nocc * nvir)
+        # Davidson from only the nstates lowest Koopmans guesses can converge onto a higher root
+        # and miss one of the lowest (water at B3LYP/def2-SVP, nstates=2, found 7.63 / 9.95 eV
+        # instead of 7.63 / 9.53 eV in some runs): start from max(2n, n + 4) guesses, as dixc's
+        # own solver does (dixc.evaluate.tddft.davidson); the solver still converges n roots.
+        koopmans = mf.TDA().get_init_guess(mf, min(nocc * nvir, max(2 * nstates, nstates + 4)))
+        x0 = koopmans
         for name, make in (("tda", mf.TDA), ("rpa", mf.TDDFT)):
             td = make()
-            td.nstates = min(config.n_tddft, nocc * nvir)
+            td.nstates = nstates
             td.singlet = True
             td.verbose = 0
-            # Full TDDFT starts from the TDA vectors (X, Y=0): ~1/3 fewer Davidson iterations
-            # than from Koopmans guesses, same roots.
             td.kernel(x0=x0)
             if name == "tda":
-                x0 = np.array([np.concatenate([x.ravel(), np.zeros(x.size)]) for x, _ in td.xy])
+                # Full TDDFT starts from the TDA vectors (X, Y=0) and the remaining guesses:
+                # ~1/3 fewer Davidson iterations than from Koopmans guesses alone, same roots.
+                trial = [x.ravel() for x, _ in td.xy]
+                trial += list(koopmans[len(trial) :])
+                x0 = np.array([np.concatenate([x, np.zeros(x.size)]) for x in trial])
             tddft[f"tddft/{name}_e"] = np.asarray(td.e, dtype=np.float64)
             tddft[f"tddft/{name}_f"] = np.asarray(td.oscillator_strength(gauge="length"))
             conv = np.broadcast_to(np.asarray(td.converged, dtype=bool), td.e.shape)

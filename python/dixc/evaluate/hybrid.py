@@ -96,7 +96,10 @@ def pbe_density(
     """
     from pyscf import dft
 
+    from dixc.pyscf_numint import DixcNumInt
+
     mf = dft.RKS(mol, xc="PBE")
+    mf._numint = DixcNumInt()  # as the reference's RKS (reference.make_rks)
     mf.grids.level = int(config.get("grid_level", 3))
     mf.max_memory = int(config.get("max_memory", 4000))
     mf.conv_tol = conv_tol
