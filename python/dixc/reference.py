@@ -185,8 +185,8 @@ def make_rks(mol, config: ReferenceConfig, numint: str = "dixc"):
         mol: PySCF ``Mole``.
         config: the reference settings.
         numint: who does the semilocal grid work (V_xc in the SCF, f_xc in every response):
-            ``"dixc"`` (:class:`dixc.pyscf_numint.DixcNumInt`, same numbers to ~1e-14, 2-4x
-            faster responses) or ``"pyscf"`` (PySCF's own ``NumInt``).
+            ``"dixc"`` (:class:`dixc.pyscf_numint.DixcNumInt`, same numbers to ~1e-12, TDDFT
+            1.5-3.4x faster) or ``"pyscf"`` (PySCF's own ``NumInt``).
     """
     from pyscf import dft
 

@@ -203,17 +203,23 @@ def _cached_baseline_run(
             "config": dict(config),
             "overrides": dict(overrides),
             "pyscf": pyscf.__version__,
+            "numint": _NUMINT,
         }
         with atomic_path(path) as tmp, open(tmp, "w") as fh:
             json.dump(record, fh, indent=1, default=str)
         return run
 
 
+# Who did the runs' grid work (reference.make_rks): part of the cache key, because the wall
+# times of runs made with PySCF's NumInt (cached before 2026-12-06) are not comparable.
+_NUMINT = "dixc"
+
+
 def _cache_path(cache_dir, guess: str, key: tuple) -> str:
-    """File of one cached run: the guess and a hash of its key and the PySCF version."""
+    """File of one cached run: the guess and a hash of its key, the PySCF version and numint."""
     import pyscf
 
-    digest = hashlib.sha256(repr((key, pyscf.__version__)).encode()).hexdigest()[:24]
+    digest = hashlib.sha256(repr((key, pyscf.__version__, _NUMINT)).encode()).hexdigest()[:24]
     return os.path.join(os.fspath(cache_dir), f"{guess}-{digest}.json")
 
 
