@@ -19,6 +19,7 @@ from dixc.generate import GenerateConfig
 from dixc.reference import ReferenceConfig
 from dixc.response import OrbitalHessian
 from dixc.train import config, losses
+from dixc.xc import XCKernel
 
 WATER = """3
 water
@@ -159,6 +160,41 @@ def test_nonlocal_hessian_term_parameter_gradient_any_probe_chunk(water, chunk):
     scale = float(grads[0].abs().max())
     assert mol.hess_v.shape[0] == 3 and scale > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-11, atol=1e-11 * scale)
+
+
+@pytest.mark.parametrize("nonlocal_", [False, True])
+def test_hessian_residual_same_for_any_kernel(water, nonlocal_):
+    """H_theta v - H_ref v and its parameter gradient are the same (1e-12) whether the kernel at
+    D* took these probes' densities up front (``dm1``: for a nonlocal functional E_xc, V_xc and
+    f_xc from one recomputed graph), took none, or took other probes' (then it is applied to
+    these probes: a stale ``fxc1`` is never used)."""
+    _, _, mol = water
+    v, tgt, hv_j = mol.hess_v, mol.hess_hv, mol.hess_hv_j
+    f = tiny_functional(nonlocal_=nonlocal_)
+    params = list(f.parameters())
+    dm1s = {
+        "these": losses.probe_densities(mol, v),
+        "none": None,
+        "others": losses.probe_densities(mol, v[:2].flip(0)),
+    }
+    out = {}
+    for key, dm1 in dm1s.items():
+        kernel = XCKernel(mol.ctx, f, mol.dm, create_graph=True, dm1=dm1)
+        if dm1 is not None:
+            assert kernel.fxc1.shape == dm1.shape and torch.equal(kernel.dm1, dm1)
+        vxc = mol.ctx.contract_vxc(kernel.wv0, f.xctype)
+        res = losses.hessian_residual(f, mol, v, tgt, hv_j, kernel, vxc)
+        loss = (res**2).sum() + kernel.exc0
+        out[key] = (res.detach(), torch.autograd.grad(loss, params))
+    ref_res, ref_grad = out["these"]
+    assert float(ref_res.abs().max()) > 0
+    for key in ("none", "others"):
+        res, grad = out[key]
+        torch.testing.assert_close(
+            res, ref_res, rtol=1e-12, atol=1e-12 * float(ref_res.abs().max())
+        )
+        for a, b in zip(grad, ref_grad, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12 * float(b.abs().max() + 1e-300))
 
 
 # ---- Hutchinson: the probe mean equals |H_theta - H_ref|_F^2 / n_ov -----------------------------

@@ -281,7 +281,7 @@ def test_fxc_matches_plain_graph(chunk):
     rho1 = _responses(rho, 3)
     u = torch.randn(rho1.shape, generator=torch.Generator().manual_seed(7), dtype=rho.dtype)
     a0, a1 = rho.clone().requires_grad_(True), rho1.clone().requires_grad_(True)
-    w_rec = xc._FxcRecompute.apply(f, grid, chunk, a0, a1, *params)
+    _, _, w_rec = xc._FxcRecompute.apply(f, grid, chunk, a0, a1, *params)
     g_rec = torch.autograd.grad((u * w_rec).sum(), [a0, a1, *params])
     b0, b1 = rho.clone().requires_grad_(True), rho1.clone().requires_grad_(True)
     w_plain = _direct_fxc(f, b0, b1, grid)
@@ -293,6 +293,48 @@ def test_fxc_matches_plain_graph(chunk):
     assert [n for n, g in zip(names, g_plain, strict=True) if not g.any()] == ["readout.2.bias"]
     for a, b in zip(g_rec, g_plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("chunk", [1, None])
+@pytest.mark.parametrize("used", ["exc", "wv", "w1", "exc+wv", "exc+wv+w1"])
+def test_fxc_first_order_outputs_match_plain_graph(chunk, used):
+    """E_xc and dE/d rho come out of the same Function as w1 (one graph for all three): their
+    values equal the plain graph's (1e-12) and the gradients w.r.t. rho0, rho1 and every
+    parameter of a random linear functional of any subset of the outputs do too (1e-11); an
+    output that is not used gets no gradient (materialised zeros are never made)."""
+    f = _egxc()
+    rho, grid = toy_molecule(npts=6, seed=2)
+    params = [p for p in f.parameters() if p.requires_grad]
+    rho1 = _responses(rho, 3, seed=6)
+    gen = torch.Generator().manual_seed(8)
+    ue = torch.randn((), generator=gen, dtype=rho.dtype)
+    uw = torch.randn(rho.shape, generator=gen, dtype=rho.dtype)
+    u1 = torch.randn(rho1.shape, generator=gen, dtype=rho.dtype)
+    keys = used.split("+")
+
+    def scalar(exc, wv, w1):
+        parts = {"exc": ue * exc, "wv": (uw * wv).sum(), "w1": (u1 * w1).sum()}
+        return sum(parts[k] for k in keys)
+
+    a0, a1 = rho.clone().requires_grad_(True), rho1.clone().requires_grad_(True)
+    out_rec = xc._FxcRecompute.apply(f, grid, chunk, a0, a1, *params)
+    g_rec = torch.autograd.grad(scalar(*out_rec), [a0, a1, *params], allow_unused=True)
+    b0, b1 = rho.clone().requires_grad_(True), rho1.clone().requires_grad_(True)
+    exc = f(b0, grid)
+    (wv,) = torch.autograd.grad(exc, b0, create_graph=True)
+    w1 = torch.stack([torch.autograd.grad(wv, b0, b1[b], create_graph=True)[0] for b in range(3)])
+    g_plain = torch.autograd.grad(scalar(exc, wv, w1), [b0, b1, *params], allow_unused=True)
+    for a, b in zip(out_rec, (exc, wv, w1), strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-14)
+    assert (g_rec[1] is None) == ("w1" not in keys)  # rho1 reaches only w1
+    for a, b in zip(g_rec, g_plain, strict=True):
+        if a is None:
+            assert b is None or not b.any()
+            continue
+        assert b is not None
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+    nonzero = [g is not None and bool(g.any()) for g in g_rec]
+    assert nonzero[0] and sum(nonzero[2:]) >= len(params) - 1  # only readout.2.bias may be zero
 
 
 def test_fxc_gradcheck_and_gradgradcheck():
@@ -307,7 +349,7 @@ def test_fxc_gradcheck_and_gradgradcheck():
         params = [q for q in f.parameters() if q.requires_grad]
 
         def fn(r0, r1, q):  # q is p, which the module now uses (gradcheck perturbs it in place)
-            return xc._FxcRecompute.apply(f, grid, 1, r0, r1, *params)
+            return xc._FxcRecompute.apply(f, grid, 1, r0, r1, *params)  # (E, dE/d rho, w1)
 
         kw = {"eps": 1e-6, "atol": 1e-8, "rtol": 1e-6}
         assert torch.autograd.gradcheck(fn, (rho, rho1, p), **kw)
@@ -320,7 +362,7 @@ def test_fxc_parameters_swapped_before_backward_is_an_error():
     p0 = next(p for p in f.parameters() if p.requires_grad)
     with _replaced(f, p0, p0.detach().clone().requires_grad_(True)):
         params = [p for p in f.parameters() if p.requires_grad]
-        w1 = xc._FxcRecompute.apply(f, grid, 1, rho, _responses(rho, 2), *params)
+        _, _, w1 = xc._FxcRecompute.apply(f, grid, 1, rho, _responses(rho, 2), *params)
     with pytest.raises(RuntimeError, match="changed between the forward and the backward"):
         w1.sum().backward()
 
@@ -333,7 +375,7 @@ def test_fxc_saved_memory_is_bounded():
     rho1 = _responses(rho, 4)
     params = [p for p in f.parameters() if p.requires_grad]
     bound = (rho.numel() + rho1.numel() + sum(p.numel() for p in params)) * 8
-    rec = _graph_saved_bytes([xc._FxcRecompute.apply(f, grid, 1, rho, rho1, *params)])
+    rec = _graph_saved_bytes(list(xc._FxcRecompute.apply(f, grid, 1, rho, rho1, *params)))
     plain = _graph_saved_bytes([_direct_fxc(f, rho.clone().requires_grad_(True), rho1, grid)])
     assert 0 < rec <= bound
     assert plain > 20 * rho.numel() * 8 + bound

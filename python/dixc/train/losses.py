@@ -177,6 +177,14 @@ def density_error(mol: TrainMolecule, dm: torch.Tensor) -> torch.Tensor:
     return ((rho - mol.rho_ref) ** 2) @ mol.ctx.grid.weights
 
 
+def probe_densities(mol: TrainMolecule, probes: torch.Tensor) -> torch.Tensor:
+    """``(B, nao, nao)`` response densities dD = 2 (t + t^T), t = C_v v C_o^T, of probes
+    ``(B, nvir, nocc)`` (the first-order change of D* along the rotation v)."""
+    co, cv = mol.mo_coeff[:, : mol.nocc], mol.mo_coeff[:, mol.nocc :]
+    t = cv @ probes @ co.T
+    return 2.0 * (t + t.transpose(-1, -2))
+
+
 def hessian_residual(
     f: XCFunctional,
     mol: TrainMolecule,
@@ -194,18 +202,21 @@ def hessian_residual(
         probes: ``(B, nvir, nocc)`` directions v.
         targets: ``(B, nvir, nocc)`` reference H_ref v.
         hv_j: ``(B, nvir, nocc)`` the stored Coulomb response 4 C_v^T J[dD] C_o of each probe.
-        kernel, vxc: an existing ``XCKernel`` at D* (create_graph=True) and V_xc^theta[D*].
+        kernel, vxc: an existing ``XCKernel`` at D* (create_graph=True) and V_xc^theta[D*]; a
+            kernel made with ``dm1=probe_densities(mol, probes)`` (these probes) gives its
+            ``fxc1``, any other is applied to the probes' densities.
     """
     ctx, n = mol.ctx, mol.nocc
     if kernel is None:
-        kernel = XCKernel(ctx, f, mol.dm, create_graph=True)
+        kernel = XCKernel(ctx, f, mol.dm, create_graph=True, dm1=probe_densities(mol, probes))
     if vxc is None:
         vxc = ctx.contract_vxc(kernel.wv0, f.xctype)
     c = mol.mo_coeff
     co, cv = c[:, :n], c[:, n:]
     m = c.T @ (mol.fock_hj + vxc) @ c
-    t = cv @ probes @ co.T
-    fx = kernel(2.0 * (t + t.transpose(-1, -2)))
+    dm1 = probe_densities(mol, probes)
+    same = kernel.dm1 is not None and kernel.dm1.shape == dm1.shape
+    fx = kernel.fxc1 if same and torch.equal(kernel.dm1, dm1) else kernel(dm1)
     hv = 4.0 * (m[n:, n:] @ probes - probes @ m[:n, :n]) + hv_j + 4.0 * (cv.T @ fx @ co)
     return hv - targets
 
@@ -233,8 +244,12 @@ def molecule_losses(
     info: dict[str, Any] = {}
     use_e, use_g, use_h = loss_cfg.energy.enabled, loss_cfg.grad.enabled, loss_cfg.hess.enabled
     exc0 = vxc0 = kernel = None
-    if use_h:  # one functional evaluation at D* gives E_xc, V_xc and the kernel
-        kernel = XCKernel(ctx, f, mol.dm, create_graph=True, probe_chunk=loss_cfg.hess.probe_chunk)
+    # the random subsets, drawn in a fixed order: perturbed points, then probes
+    idx_g = subset(mol.grad_c.shape[0], loss_cfg.grad.n_points, generator) if use_g else None
+    idx_h = subset(mol.hess_v.shape[0], loss_cfg.hess.n_probes, generator) if use_h else None
+    if use_h:  # one functional evaluation at D* gives E_xc, V_xc and the probes' f_xc products
+        kernel = XCKernel(ctx, f, mol.dm, create_graph=True, probe_chunk=loss_cfg.hess.probe_chunk,
+                          dm1=probe_densities(mol, mol.hess_v[idx_h]))  # fmt: skip
         exc0, vxc0 = kernel.exc0, ctx.contract_vxc(kernel.wv0, f.xctype)
     elif use_g:
         exc0, vxc0 = exc_vxc(ctx, f, mol.dm, create_graph=True)
@@ -262,7 +277,7 @@ def molecule_losses(
         g = loss_cfg.grad
         g_star = mol.g_hj + 4.0 * mol.mo_coeff[:, n:].T @ vxc0 @ mol.mo_coeff[:, :n]
         total = g.dstar_weight * (s * g_star).pow(2).sum()
-        idx = subset(mol.grad_c.shape[0], g.n_points, generator)
+        idx = idx_g
         if len(idx):
             ck = mol.grad_c[idx]
             co, cv = ck[..., :n], ck[..., n:]
@@ -271,11 +286,10 @@ def molecule_losses(
             total = total + (s * (gk - mol.grad_g[idx])).pow(2).sum()
         terms["grad"] = total / ((g.dstar_weight + len(idx)) * mol.nelec)
     if use_h:
-        idx = subset(mol.hess_v.shape[0], loss_cfg.hess.n_probes, generator)
         res = hessian_residual(
-            f, mol, mol.hess_v[idx], mol.hess_hv[idx], mol.hess_hv_j[idx], kernel, vxc0
+            f, mol, mol.hess_v[idx_h], mol.hess_hv[idx_h], mol.hess_hv_j[idx_h], kernel, vxc0
         )
-        terms["hess"] = (s * res).pow(2).sum() / len(idx)
+        terms["hess"] = (s * res).pow(2).sum() / len(idx_h)
     return terms, info
 
 
