@@ -143,7 +143,7 @@ def test_nonlocal_wrapper_gives_identical_terms(water):
         tiny_functional(nonlocal_=True), mol, lc, torch.Generator().manual_seed(1)
     )
     for k in a:
-        assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-11), k
+        assert float(a[k].detach()) == pytest.approx(float(b[k].detach()), rel=1e-11), k
 
 
 @pytest.mark.parametrize("chunk", [1, 2, None])
@@ -247,7 +247,7 @@ def test_hessian_term_exact_over_orthonormal_bases(water, full_hessians):
         v = basis.reshape(n, mol.nvir, mol.nocc)
         targets = (basis @ h_ref.T).reshape(v.shape)
         res = losses.hessian_residual(f, mol, v, targets, _hv_j(ctx, mol, v))
-        estimate = float((res**2).sum()) / n
+        estimate = float((res.detach() ** 2).sum()) / n
         print(
             f"ONB estimate {estimate:.12g} exact {exact:.12g} rel {abs(estimate / exact - 1):.1e}"
         )
@@ -281,7 +281,7 @@ def test_hessian_term_is_unbiased_over_random_unit_probes(water, full_hessians):
     k = mol.hess_v.shape[0]
     vs = mol.hess_v.reshape(k, -1)
     manual = float(((vs @ dh.T) ** 2).sum()) / k * lc.energy_scale**2
-    assert float(terms["hess"]) == pytest.approx(manual, rel=1e-8)
+    assert float(terms["hess"].detach()) == pytest.approx(manual, rel=1e-8)
 
 
 # ---- targets and normalisation ----------------------------------------------------------------
