@@ -207,16 +207,17 @@ def hessian_residual(
             ``fxc1``, any other is applied to the probes' densities.
     """
     ctx, n = mol.ctx, mol.nocc
+    dm1 = probe_densities(mol, probes)
     if kernel is None:
-        kernel = XCKernel(ctx, f, mol.dm, create_graph=True, dm1=probe_densities(mol, probes))
+        kernel = XCKernel(ctx, f, mol.dm, create_graph=True, dm1=dm1)
     if vxc is None:
         vxc = ctx.contract_vxc(kernel.wv0, f.xctype)
     c = mol.mo_coeff
     co, cv = c[:, :n], c[:, n:]
     m = c.T @ (mol.fock_hj + vxc) @ c
-    dm1 = probe_densities(mol, probes)
-    same = kernel.dm1 is not None and kernel.dm1.shape == dm1.shape
-    fx = kernel.fxc1 if same and torch.equal(kernel.dm1, dm1) else kernel(dm1)
+    # the kernel's own products only if it was made for these probes (equal is False across shapes)
+    made_for_these = kernel.dm1 is not None and torch.equal(kernel.dm1, dm1)
+    fx = kernel.fxc1 if made_for_these else kernel(dm1)
     hv = 4.0 * (m[n:, n:] @ probes - probes @ m[:n, :n]) + hv_j + 4.0 * (cv.T @ fx @ co)
     return hv - targets
 
@@ -277,14 +278,13 @@ def molecule_losses(
         g = loss_cfg.grad
         g_star = mol.g_hj + 4.0 * mol.mo_coeff[:, n:].T @ vxc0 @ mol.mo_coeff[:, :n]
         total = g.dstar_weight * (s * g_star).pow(2).sum()
-        idx = idx_g
-        if len(idx):
-            ck = mol.grad_c[idx]
+        if len(idx_g):
+            ck = mol.grad_c[idx_g]
             co, cv = ck[..., :n], ck[..., n:]
             _, vk = exc_vxc(ctx, f, 2.0 * co @ co.transpose(-1, -2), create_graph=True)
-            gk = mol.grad_g_hj[idx] + 4.0 * cv.transpose(-1, -2) @ vk @ co
-            total = total + (s * (gk - mol.grad_g[idx])).pow(2).sum()
-        terms["grad"] = total / ((g.dstar_weight + len(idx)) * mol.nelec)
+            gk = mol.grad_g_hj[idx_g] + 4.0 * cv.transpose(-1, -2) @ vk @ co
+            total = total + (s * (gk - mol.grad_g[idx_g])).pow(2).sum()
+        terms["grad"] = total / ((g.dstar_weight + len(idx_g)) * mol.nelec)
     if use_h:
         res = hessian_residual(
             f, mol, mol.hess_v[idx_h], mol.hess_hv[idx_h], mol.hess_hv_j[idx_h], kernel, vxc0
