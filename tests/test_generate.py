@@ -440,7 +440,8 @@ def test_retry_ladder_converges_and_is_recorded(tmp_path):
     [
         ("hf", "2\nHF\nH 0 0 0\nF 0 0 0.92\n", ["F"], "contains excluded element(s) F"),
         ("oh", "2\nOH radical\nO 0 0 0\nH 0 0 0.97\n", [], "odd number of electrons (9"),
-        ("ion", "1\ncharge=1 multiplicity=1\nNa 0 0 0\n", [], "charge 1"),
+        ("o2", "2\ncharge=0 multiplicity=3\nO 0 0 0\nO 0 0 1.21\n", [], "multiplicity 3"),
+        ("nh3p", "4\ncharge=1\n" + SMALL["ammonia"].split("\n", 2)[2], [], "charge 1)"),
         ("xx", "2\n\nXx 0 0 0\nH 0 0 1\n", [], "unknown element 'Xx'"),
         ("short", "3\n\nO 0 0 0\nH 0 0 1\n", [], "declares 3 atoms but has only 2"),
         ("nan", "2\n\nH 0 0 zero\nH 0 0 1\n", [], "non-numeric coordinates"),
@@ -456,6 +457,81 @@ def test_bad_inputs_give_clear_errors(tmp_path, name, text, exclude, message):
     assert message in str(err.value)
     assert name in str(err.value)  # names the molecule (or its file)
     assert not os.path.exists(generate.shard_paths(cfg.out, (0, 1))[0])
+
+
+@pytest.mark.parametrize(
+    ("xc", "message"),
+    [
+        ("b3lypx", "PySCF cannot run the reference functional 'b3lypx'"),
+        ("wb97x-d3", "PySCF cannot run the reference functional 'wb97x-d3'"),
+        ("B3LYP-D3BJ", "carries a dispersion correction (d3bj)"),
+    ],
+)
+def test_unusable_reference_functional_fails_before_any_work(tmp_path, xc, message):
+    """An unknown or dispersion-corrected --xc stops at the configuration, not per molecule."""
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        GenerateConfig(out=str(tmp_path / "out"), source=["x"], reference=small_reference(xc=xc))
+    src = write_xyz(tmp_path / "in", {"h2": SMALL["h2"]})
+    r = cli("--source", src, "--xc", xc, "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert not os.path.exists(tmp_path / "out")
+
+
+IONS = {  # closed-shell ions (Angstrom): 10 electrons each
+    "hydroxide": "2\ncharge=-1\nO 0 0 0\nH 0 0 0.97\n",
+    "ammonium": "5\ncharge=1 multiplicity=1\nN 0 0 0\nH 0.59 0.59 0.59\nH -0.59 -0.59 0.59\n"
+    "H -0.59 0.59 -0.59\nH 0.59 -0.59 -0.59\n",
+}
+
+
+def test_closed_shell_ions_round_trip(tmp_path):
+    """Ions are generated with their charge, stored, checked and rebuilt with it.
+
+    The reference is PBE here so that dixc's own engine can recompute it: on the molecule that
+    ``record_context`` rebuilds from the file (exact J, the reference's grid), the stored D* gives
+    the stored total energy (1e-10 Eh; measured 1e-13) and a vanishing Grassmannian gradient
+    (|G| < 1e-6, the reference's grad_tol; measured 2e-8), which holds only if the rebuilt molecule
+    has the ion's electron count (with charge 0, OH- would not even build: 9 electrons). Files
+    written before ``charge`` was stored get it back from ``nelectron``; ``--check`` flags a charge
+    that contradicts the orbitals.
+    """
+    import torch
+
+    from dixc.functionals import create
+    from dixc.scf import fock
+
+    src = write_xyz(tmp_path / "in", IONS)
+    cfg = GenerateConfig(
+        out=str(tmp_path / "out"),
+        source=[src],
+        threads=1,
+        progress=False,
+        reference=small_reference(xc="PBE", basis="def2-svp", k_hess=0),
+    )
+    summary = generate.generate(cfg)
+    assert (summary.n_done, summary.n_failed) == (2, 0)
+    assert data.check_file(summary.shard_path)[0] == []
+    ds = data.ReferenceDataset(cfg.out)
+    pbe = create("pbe")
+    for mid, charge in (("hydroxide", -1), ("ammonium", 1)):
+        rec = ds[mid]
+        assert rec.attrs["charge"] == charge and rec.attrs["nelectron"] == 10
+        assert rec.attrs["nocc"] == 5
+        mol = data.record_mole(rec, ds.config)
+        assert (mol.charge, mol.nelectron) == (charge, 10)
+        ctx = data.record_context(rec, ds.config, coulomb="exact")
+        e, f = fock(ctx, pbe, rec["scf/dm"])
+        c = rec["scf/mo_coeff"]
+        g = 4.0 * (c[:, 5:].T @ f @ c[:, :5])
+        assert abs(float(e) - float(rec["scf/e_tot"])) < 1e-10
+        assert float(torch.linalg.norm(g)) < 1e-6
+        legacy = {k: v for k, v in rec.attrs.items() if k != "charge"}
+        assert data.stored_charge(legacy, rec["atoms/numbers"].tolist()) == charge
+    ds.close()
+    with h5py.File(summary.shard_path, "r+") as fh:
+        fh["molecules/hydroxide"].attrs["charge"] = 0
+    probs = data.check_file(summary.shard_path)[0]
+    assert any("hydroxide: electron count sum(Z) - charge = 9" in p for p in probs), probs
 
 
 def test_bad_input_cli_exit_code_and_skip_invalid(tmp_path):

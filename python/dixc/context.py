@@ -87,7 +87,7 @@ class MolContext:
                 most this many MiB; otherwise use the fused, screened ops.
 
         Raises:
-            ValueError: open-shell or charged-odd molecules, naming the molecule and the fix.
+            ValueError: an open shell or an odd electron count (names the molecule and the fix).
         """
         from pyscf import df, gto
         from pyscf.dft import gen_grid
@@ -100,8 +100,8 @@ class MolContext:
         if mol.nelectron % 2 or mol.spin != 0:
             raise ValueError(
                 f"dixc: {name} has {mol.nelectron} electrons (spin {mol.spin}); dixc's Kohn-Sham "
-                "engine is closed-shell restricted. Use a neutral closed-shell molecule or set "
-                "mol.charge so that the electron count is even."
+                "engine is closed-shell restricted. Use a closed-shell molecule (set mol.charge "
+                "so that the electron count is even, mol.spin = 0)."
             )
         if grids is None:
             grids = gen_grid.Grids(mol)

@@ -501,25 +501,48 @@ def iter_molecules(paths: str | Sequence[str]) -> Iterator[MoleculeRecord]:
         ds.close()
 
 
+def stored_charge(attrs: Mapping[str, Any], numbers: Sequence[int]) -> int:
+    """Total charge of a stored molecule.
+
+    The ``charge`` attribute where present; else ``sum(Z) - nelectron`` (files written before
+    ``charge`` was stored); else 0 (such files hold only neutral molecules).
+
+    Args:
+        attrs: the molecule group's attributes.
+        numbers: ``(natm,)`` atomic numbers (``atoms/numbers``).
+    """
+    if "charge" in attrs:
+        return int(_py(attrs["charge"]))
+    if "nelectron" in attrs:
+        return int(np.sum(np.asarray(numbers, dtype=np.int64))) - int(_py(attrs["nelectron"]))
+    return 0
+
+
+def _stored_mole(numbers, coords, charge: int, config: Mapping[str, Any]):
+    """PySCF ``Mole`` from stored atoms (Bohr), charge and the data set's reference config."""
+    from pyscf import gto
+
+    return gto.M(
+        atom=[(int(z), tuple(r)) for z, r in zip(numbers, coords, strict=True)],
+        unit="Bohr",
+        basis=config.get("basis", "def2-svp"),
+        cart=bool(config.get("cart", False)),
+        charge=charge,
+        spin=0,
+        verbose=0,
+    )
+
+
 def record_mole(rec: MoleculeRecord, config: Mapping[str, Any]):
-    """The PySCF ``Mole`` of a stored molecule (atoms, Bohr coordinates, the reference basis).
+    """The PySCF ``Mole`` of a stored molecule (atoms, Bohr coordinates, charge, reference basis).
 
     Args:
         rec: a molecule read from a data file.
         config: the data set's reference config (``ReferenceDataset.config``).
     """
-    from pyscf import gto
-
     numbers = rec["atoms/numbers"].tolist()
-    coords = rec["atoms/coords"].tolist()
-    mol = gto.M(
-        atom=[(int(z), tuple(r)) for z, r in zip(numbers, coords, strict=True)],
-        unit="Bohr",
-        basis=config.get("basis", "def2-svp"),
-        cart=bool(config.get("cart", False)),
-        charge=0,
-        spin=0,
-        verbose=0,
+    mol = _stored_mole(
+        numbers, rec["atoms/coords"].tolist(), stored_charge(rec.attrs, numbers), config
     )
     mol.dixc_name = rec.id
     if mol.nao != int(rec.attrs.get("nao", mol.nao)):
@@ -658,6 +681,14 @@ def _check_molecule(g: h5py.Group, config: Mapping[str, Any], deep: bool) -> lis
     if abs(parts - e["e_tot"]) > 1e-8 * max(1.0, abs(e["e_tot"])):
         probs.append(f"{mid}: energy components do not add up to e_tot ({parts - e['e_tot']:.2e})")
     nocc = dims["nocc"]
+    charge = stored_charge(a, arr["atoms/numbers"])
+    nelectron = int(arr["atoms/numbers"].sum()) - charge
+    count_ok = nelectron == 2 * nocc and int(a.get("nelectron", nelectron)) == nelectron
+    if not count_ok:
+        probs.append(
+            f"{mid}: electron count sum(Z) - charge = {nelectron} differs from 2 nocc = {2 * nocc}"
+            f" or the nelectron attribute ({a.get('nelectron')})"
+        )
     c, dm = arr["scf/mo_coeff"], arr["scf/dm"]
     if np.abs(dm - 2.0 * c[:, :nocc] @ c[:, :nocc].T).max() > 1e-8:
         probs.append(f"{mid}: scf/dm != 2 C_o C_o^T")
@@ -679,25 +710,16 @@ def _check_molecule(g: h5py.Group, config: Mapping[str, Any], deep: bool) -> lis
                 probs.append(f"{mid}: {key} is not symmetric (v_i.Hv_j != v_j.Hv_i)")
         if np.abs(np.linalg.norm(vv, axis=1) - 1.0).max() > 1e-10:
             probs.append(f"{mid}: hess/v probes are not unit vectors")
-    if deep:
-        probs += _check_overlap(mid, arr, config)
+    if deep and count_ok:  # a molecule with another electron count cannot be rebuilt
+        probs += _check_overlap(mid, arr, charge, config)
     return probs
 
 
-def _check_overlap(mid: str, arr: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> list[str]:
+def _check_overlap(
+    mid: str, arr: Mapping[str, np.ndarray], charge: int, config: Mapping[str, Any]
+) -> list[str]:
     """Rebuilds the AO overlap from the stored geometry and basis: C^T S C = 1, tr(D S) = N."""
-    from pyscf import gto
-
-    mol = gto.M(
-        atom=[
-            (int(z), tuple(r))
-            for z, r in zip(arr["atoms/numbers"], arr["atoms/coords"], strict=True)
-        ],
-        unit="Bohr",
-        basis=config.get("basis", "def2-svp"),
-        cart=bool(config.get("cart", False)),
-        verbose=0,
-    )
+    mol = _stored_mole(arr["atoms/numbers"], arr["atoms/coords"], charge, config)
     s = mol.intor_symmetric("int1e_ovlp")
     c = arr["scf/mo_coeff"]
     probs = []

@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 
 from dixc import data
-from dixc.reference import NUMINTS, ReferenceConfig, SCFConvergenceError, compute_reference
+from dixc.reference import (
+    NUMINTS,
+    ReferenceConfig,
+    SCFConvergenceError,
+    check_xc,
+    compute_reference,
+)
 from dixc.sources import (
     InvalidMoleculeError,
     Molecule,
@@ -91,6 +97,7 @@ class GenerateConfig:
     def __post_init__(self):
         if self.numint not in NUMINTS:
             raise ValueError(f"dixc: unknown numint {self.numint!r}; choose one of {NUMINTS}")
+        check_xc(self.reference.xc)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -236,7 +236,8 @@ def RKS(mol, functional: XCFunctional, device: torch.device | str = "cpu", **kwa
     if mol.nelectron % 2 or mol.spin != 0:
         raise ValueError(
             f"dixc: the molecule has {mol.nelectron} electrons (spin {mol.spin}); dixc "
-            "functionals are closed-shell restricted. Use a neutral closed-shell molecule."
+            "functionals are closed-shell restricted. Use a closed-shell molecule (set mol.charge "
+            "so that the electron count is even, mol.spin = 0)."
         )
     mf = rks.RKS(mol)
     ni = TorchNumInt(functional, device=device)

@@ -151,7 +151,7 @@ def molecule_seed(molecule_id: str, seed: int) -> np.random.SeedSequence:
 
 
 def build_mole(molecule: Molecule, config: ReferenceConfig):
-    """PySCF ``Mole`` (charge 0, singlet) of ``molecule`` in ``config.basis``.
+    """PySCF ``Mole`` (the molecule's charge and spin) of ``molecule`` in ``config.basis``.
 
     Raises:
         ValueError: the basis lacks an element (message names molecule and basis).
@@ -176,6 +176,35 @@ def build_mole(molecule: Molecule, config: ReferenceConfig):
 
 
 NUMINTS = ("dixc", "pyscf")
+
+
+def check_xc(xc: str) -> None:
+    """Checks that PySCF runs ``xc`` and that its energy is what the targets differentiate.
+
+    Raises:
+        ValueError: a name PySCF/libxc does not know, or one with a dispersion correction (a
+            density-independent energy: it adds nothing to the gradient and Hessian targets and
+            the stored energy components would not hold it); the message names the fix.
+    """
+    from pyscf.dft import libxc
+    from pyscf.scf import dispersion
+
+    try:
+        base, nlc, disp = dispersion.parse_dft(xc)
+        libxc.parse_xc(base)
+    except (KeyError, NotImplementedError, ValueError) as err:
+        raise ValueError(
+            f"dixc: PySCF cannot run the reference functional {xc!r} ({err}); use a PySCF/libxc "
+            "name such as B3LYP, PBE0, CAM-B3LYP, M06-2X or wB97X-V"
+        ) from err
+    if disp:
+        alone = f" ({base.upper()})" if nlc == "" else ""  # '' = the functional's own VV10 term
+        raise ValueError(
+            f"dixc: the reference functional {xc!r} carries a dispersion correction ({disp}), "
+            "which does not depend on the density: it adds nothing to the gradient and Hessian "
+            f"targets. Generate with the functional alone{alone} and add the dispersion energy "
+            "to energies afterwards if you need it"
+        )
 
 
 def make_rks(mol, config: ReferenceConfig, numint: str = "dixc"):
@@ -608,6 +637,7 @@ def compute_reference(
         "natm": molecule.natm,
         "n_heavy": molecule.n_heavy,
         "nelectron": int(mol.nelectron),
+        "charge": int(mol.charge),
         "nao": int(mol.nao),
         "nmo": int(nmo),
         "nocc": int(nocc),

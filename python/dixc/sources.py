@@ -2,8 +2,9 @@
 
 Every source yields :class:`Molecule` records (symbols + Cartesian coordinates in Angstrom, charge,
 spin) with a stable, file-system-safe ``id``. :func:`validate` checks that a molecule is something
-``dixc generate`` can treat (neutral closed-shell, known elements, no clashing atoms, no excluded
-element) and raises :class:`InvalidMoleculeError` naming the molecule and the fix otherwise.
+``dixc generate`` can treat (closed shell, neutral or ionic; known elements, no clashing atoms, no
+excluded element) and raises :class:`InvalidMoleculeError` naming the molecule and the fix
+otherwise.
 
 QM9 (Ramakrishnan, Dral, Rupp, von Lilienfeld, "Quantum chemistry structures and properties of 134
 kilo molecules", Sci. Data 1, 140022 (2014)) is read from the CSV files shipped in the ``qm9pack``
@@ -66,7 +67,7 @@ class Molecule:
         id: stable identifier, safe as an HDF5 group and file name (``qm9_000019``, ``water``).
         symbols: element symbols, length natm (standard capitalisation).
         coords: (natm, 3) float64 Cartesian coordinates in Angstrom.
-        charge: total charge (dixc generate requires 0).
+        charge: total charge (any, as long as the electron count is even).
         spin: number of unpaired electrons 2S, PySCF's ``Mole.spin`` (dixc generate requires 0).
         source: where it came from: ``"qm9"`` or the file path.
         info: extra provenance (QM9 index and SMILES, xyz comment line, frame number).
@@ -148,8 +149,9 @@ def parse_elements(spec: str | Iterable[str] | None) -> frozenset[str]:
 def validate(mol: Molecule, exclude: Iterable[str] = ()) -> None:
     """Checks that ``dixc generate`` can treat ``mol``.
 
-    Requires at least one atom, known elements, none of ``exclude``, charge 0, a closed shell
-    (spin 0, even electron count) and no two atoms closer than 0.4 Angstrom.
+    Requires at least one atom, known elements, none of ``exclude``, a closed shell (spin 0 and an
+    even electron count; ions such as OH- or NH4+ are fine) and no two atoms closer than 0.4
+    Angstrom.
 
     Raises:
         InvalidMoleculeError: naming the molecule, what is wrong and what to do.
@@ -170,18 +172,19 @@ def validate(mol: Molecule, exclude: Iterable[str] = ()) -> None:
             f"contains excluded element(s) {', '.join(bad)}; remove it from the input, drop "
             "--exclude, or pass --skip-invalid to skip such molecules",
         )
-    if mol.charge != 0 or mol.spin != 0:
+    if mol.spin != 0:
         raise InvalidMoleculeError(
             mol.id,
-            f"has charge {mol.charge} and spin 2S={mol.spin}; dixc generate treats neutral "
-            "closed-shell molecules only (charge 0, multiplicity 1)",
+            f"has multiplicity {mol.spin + 1} (spin 2S={mol.spin}); dixc generate treats "
+            "closed-shell molecules only (restricted KS, multiplicity 1): drop the molecule or "
+            "set multiplicity=1 in its xyz comment line",
         )
     if mol.nelectron % 2:
         raise InvalidMoleculeError(
             mol.id,
-            f"has an odd number of electrons ({mol.nelectron}, {mol.formula}); dixc generate "
-            "treats neutral closed-shell molecules only (restricted KS): check the formula for "
-            "a missing hydrogen",
+            f"has an odd number of electrons ({mol.nelectron}: {mol.formula}, charge "
+            f"{mol.charge}); dixc generate treats closed-shell molecules only (restricted KS): "
+            "check the formula for a missing hydrogen, or the charge= of its xyz comment line",
         )
     if mol.natm > 1:
         d = np.linalg.norm(coords[:, None, :] - coords[None, :, :], axis=-1)
