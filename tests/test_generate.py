@@ -477,30 +477,43 @@ def test_unusable_reference_functional_fails_before_any_work(tmp_path, xc, messa
     assert not os.path.exists(tmp_path / "out")
 
 
-IONS = {  # closed-shell ions (Angstrom): 10 electrons each
+# Closed-shell ions (10 electrons each) and molecules with an element def2-svp gives an ECP (I:
+# 28 core electrons) or not (K: all electrons), Angstrom.
+CHARGED_AND_HEAVY = {
     "hydroxide": "2\ncharge=-1\nO 0 0 0\nH 0 0 0.97\n",
     "ammonium": "5\ncharge=1 multiplicity=1\nN 0 0 0\nH 0.59 0.59 0.59\nH -0.59 -0.59 0.59\n"
     "H -0.59 0.59 -0.59\nH 0.59 -0.59 -0.59\n",
+    "hi": "2\nhydrogen iodide\nI 0 0 0\nH 0 0 1.609\n",
+    "kh": "2\npotassium hydride\nK 0 0 0\nH 0 0 2.24\n",
+}
+# id: (charge, electrons computed, {element: ECP}, atomic numbers)
+EXPECTED = {
+    "hydroxide": (-1, 10, {}, [8, 1]),
+    "ammonium": (1, 10, {}, [7, 1, 1, 1, 1]),
+    "hi": (0, 26, {"I": "def2-svp"}, [53, 1]),
+    "kh": (0, 20, {}, [19, 1]),
 }
 
 
-def test_closed_shell_ions_round_trip(tmp_path):
-    """Ions are generated with their charge, stored, checked and rebuilt with it.
+def test_ions_and_ecps_round_trip(tmp_path):
+    """Ions and ECP elements are generated, stored, checked and rebuilt as computed.
 
     The reference is PBE here so that dixc's own engine can recompute it: on the molecule that
     ``record_context`` rebuilds from the file (exact J, the reference's grid), the stored D* gives
-    the stored total energy (1e-10 Eh; measured 1e-13) and a vanishing Grassmannian gradient
-    (|G| < 1e-6, the reference's grad_tol; measured 2e-8), which holds only if the rebuilt molecule
-    has the ion's electron count (with charge 0, OH- would not even build: 9 electrons). Files
-    written before ``charge`` was stored get it back from ``nelectron``; ``--check`` flags a charge
-    that contradicts the orbitals.
+    the stored total energy (1e-10 Eh; measured <= 5e-13) and a vanishing Grassmannian gradient
+    (|G| < 1e-6, the reference's grad_tol; measured <= 2e-7). That holds only if the rebuilt
+    molecule has the ion's electron count (with charge 0, OH- would not even build: 9 electrons)
+    and iodine's ECP (without it, 54 electrons instead of 26 and other orbitals). The stored atomic
+    numbers are Z (53 for I), not PySCF's ECP-reduced charges (25), and so is the grid's
+    ``atom_charges`` (EG-XC's species). Files written before ``charge`` was stored get it back
+    from ``nelectron``; ``--check`` flags a charge that contradicts the orbitals.
     """
     import torch
 
     from dixc.functionals import create
     from dixc.scf import fock
 
-    src = write_xyz(tmp_path / "in", IONS)
+    src = write_xyz(tmp_path / "in", CHARGED_AND_HEAVY)
     cfg = GenerateConfig(
         out=str(tmp_path / "out"),
         source=[src],
@@ -509,29 +522,67 @@ def test_closed_shell_ions_round_trip(tmp_path):
         reference=small_reference(xc="PBE", basis="def2-svp", k_hess=0),
     )
     summary = generate.generate(cfg)
-    assert (summary.n_done, summary.n_failed) == (2, 0)
+    assert (summary.n_done, summary.n_failed) == (4, 0)
     assert data.check_file(summary.shard_path)[0] == []
     ds = data.ReferenceDataset(cfg.out)
     pbe = create("pbe")
-    for mid, charge in (("hydroxide", -1), ("ammonium", 1)):
+    for mid, (charge, nelec, ecp, numbers) in EXPECTED.items():
         rec = ds[mid]
-        assert rec.attrs["charge"] == charge and rec.attrs["nelectron"] == 10
-        assert rec.attrs["nocc"] == 5
+        assert rec["atoms/numbers"].tolist() == numbers
+        got = (rec.attrs["charge"], rec.attrs["nelectron"], rec.attrs["nocc"])
+        assert got == (charge, nelec, nelec // 2)
+        assert data.stored_ecp(rec.attrs) == ecp
         mol = data.record_mole(rec, ds.config)
-        assert (mol.charge, mol.nelectron) == (charge, 10)
+        assert (mol.charge, mol.nelectron, sorted(mol._ecp)) == (charge, nelec, sorted(ecp))
         ctx = data.record_context(rec, ds.config, coulomb="exact")
+        assert ctx.grid.atom_charges.tolist() == numbers
         e, f = fock(ctx, pbe, rec["scf/dm"])
-        c = rec["scf/mo_coeff"]
-        g = 4.0 * (c[:, 5:].T @ f @ c[:, :5])
-        assert abs(float(e) - float(rec["scf/e_tot"])) < 1e-10
-        assert float(torch.linalg.norm(g)) < 1e-6
-        legacy = {k: v for k, v in rec.attrs.items() if k != "charge"}
-        assert data.stored_charge(legacy, rec["atoms/numbers"].tolist()) == charge
+        c, nocc = rec["scf/mo_coeff"], nelec // 2
+        g = 4.0 * (c[:, nocc:].T @ f @ c[:, :nocc])
+        assert abs(float(e) - float(rec["scf/e_tot"])) < 1e-10, mid
+        assert float(torch.linalg.norm(g)) < 1e-6, mid
+        if not ecp:
+            legacy = {k: v for k, v in rec.attrs.items() if k not in ("charge", "ecp")}
+            assert data.stored_charge(legacy, numbers) == charge
     ds.close()
     with h5py.File(summary.shard_path, "r+") as fh:
         fh["molecules/hydroxide"].attrs["charge"] = 0
     probs = data.check_file(summary.shard_path)[0]
-    assert any("hydroxide: electron count sum(Z) - charge = 9" in p for p in probs), probs
+    assert any("hydroxide: cannot rebuild the molecule (charge 0)" in p for p in probs), probs
+    with h5py.File(summary.shard_path, "r+") as fh:
+        fh["molecules/hydroxide"].attrs["charge"] = -3  # 12 electrons: builds, but tr(D S) = 10
+        fh["molecules/hi"].attrs["ecp"] = "{}"  # all electrons: N = 54
+    probs = data.check_file(summary.shard_path)[0]
+    assert any("hydroxide: tr(D S) = 10.0000000000 != N = 12" in p for p in probs), probs
+    assert any("hi: tr(D S) = 26.0000000000 != N = 54" in p for p in probs), probs
+
+
+@pytest.mark.parametrize(
+    ("ecp", "want"), [(None, {"I": "def2-svp"}), ("none", {}), ("lanl2dz", {"I": "lanl2dz"})]
+)
+def test_ecp_choice(tmp_path, ecp, want):
+    """--ecp: the basis's own ECPs (default), none, or a named set (lanl2dz: 46 core electrons)."""
+    mol = sources.xyz_molecules(write_xyz(tmp_path, {"hi": CHARGED_AND_HEAVY["hi"]}))[0]
+    config = small_reference(basis="def2-svp", ecp=ecp)
+    assert reference.ecp_assignment(mol.symbols, config) == want
+    pmol = reference.build_mole(mol, config)
+    core = {None: 28, "none": 0, "lanl2dz": 46}[ecp]
+    assert pmol.nelectron == 54 - core
+    if ecp is None:  # the default leaves the config hash of data made before --ecp unchanged
+        assert "ecp" not in config.to_dict()
+
+
+def test_unknown_basis_or_elements_it_lacks_fail_before_any_work(tmp_path):
+    src = write_xyz(tmp_path / "in", {"h2": SMALL["h2"], "hi": CHARGED_AND_HEAVY["hi"]})
+    out = str(tmp_path / "out")
+    r = cli("--source", src, "--basis", "def2-svpx", "--out", out)
+    assert r.returncode == 2 and "PySCF does not know the basis 'def2-svpx'" in r.stderr, r.stderr
+    r = cli("--source", src, "--ecp", "lanl9", "--out", out)
+    assert r.returncode == 2 and "PySCF does not know the ECP set 'lanl9'" in r.stderr, r.stderr
+    r = cli("--source", src, "--basis", "6-31g", "--out", out)
+    assert r.returncode == 2, r.stderr
+    assert "molecule 'hi': basis '6-31g' has no functions for I" in r.stderr, r.stderr
+    assert not os.path.exists(generate.shard_paths(out, (0, 1))[0])
 
 
 def test_bad_input_cli_exit_code_and_skip_invalid(tmp_path):

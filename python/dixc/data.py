@@ -518,14 +518,23 @@ def stored_charge(attrs: Mapping[str, Any], numbers: Sequence[int]) -> int:
     return 0
 
 
-def _stored_mole(numbers, coords, charge: int, config: Mapping[str, Any]):
-    """PySCF ``Mole`` from stored atoms (Bohr), charge and the data set's reference config."""
+def stored_ecp(attrs: Mapping[str, Any]) -> dict[str, str]:
+    """``{element: ECP name}`` of a stored molecule (its ``ecp`` attribute; files written before
+    it was stored computed all electrons)."""
+    text = _py(attrs.get("ecp", "")) or "{}"
+    return {str(k): str(v) for k, v in json.loads(text).items()}
+
+
+def _stored_mole(numbers, coords, charge: int, ecp: Mapping[str, str], config: Mapping[str, Any]):
+    """PySCF ``Mole`` from stored atoms (atomic numbers, Bohr), charge, ECPs and the data set's
+    reference config."""
     from pyscf import gto
 
     return gto.M(
         atom=[(int(z), tuple(r)) for z, r in zip(numbers, coords, strict=True)],
         unit="Bohr",
         basis=config.get("basis", "def2-svp"),
+        ecp=dict(ecp),
         cart=bool(config.get("cart", False)),
         charge=charge,
         spin=0,
@@ -534,16 +543,15 @@ def _stored_mole(numbers, coords, charge: int, config: Mapping[str, Any]):
 
 
 def record_mole(rec: MoleculeRecord, config: Mapping[str, Any]):
-    """The PySCF ``Mole`` of a stored molecule (atoms, Bohr coordinates, charge, reference basis).
+    """The PySCF ``Mole`` of a stored molecule (atoms, Bohr coordinates, charge, ECPs, basis).
 
     Args:
         rec: a molecule read from a data file.
         config: the data set's reference config (``ReferenceDataset.config``).
     """
     numbers = rec["atoms/numbers"].tolist()
-    mol = _stored_mole(
-        numbers, rec["atoms/coords"].tolist(), stored_charge(rec.attrs, numbers), config
-    )
+    charge = stored_charge(rec.attrs, numbers)
+    mol = _stored_mole(numbers, rec["atoms/coords"].tolist(), charge, stored_ecp(rec.attrs), config)
     mol.dixc_name = rec.id
     if mol.nao != int(rec.attrs.get("nao", mol.nao)):
         raise ValueError(
@@ -681,14 +689,8 @@ def _check_molecule(g: h5py.Group, config: Mapping[str, Any], deep: bool) -> lis
     if abs(parts - e["e_tot"]) > 1e-8 * max(1.0, abs(e["e_tot"])):
         probs.append(f"{mid}: energy components do not add up to e_tot ({parts - e['e_tot']:.2e})")
     nocc = dims["nocc"]
-    charge = stored_charge(a, arr["atoms/numbers"])
-    nelectron = int(arr["atoms/numbers"].sum()) - charge
-    count_ok = nelectron == 2 * nocc and int(a.get("nelectron", nelectron)) == nelectron
-    if not count_ok:
-        probs.append(
-            f"{mid}: electron count sum(Z) - charge = {nelectron} differs from 2 nocc = {2 * nocc}"
-            f" or the nelectron attribute ({a.get('nelectron')})"
-        )
+    if "nelectron" in a and int(a["nelectron"]) != 2 * nocc:
+        probs.append(f"{mid}: nelectron = {a['nelectron']} differs from 2 nocc = {2 * nocc}")
     c, dm = arr["scf/mo_coeff"], arr["scf/dm"]
     if np.abs(dm - 2.0 * c[:, :nocc] @ c[:, :nocc].T).max() > 1e-8:
         probs.append(f"{mid}: scf/dm != 2 C_o C_o^T")
@@ -710,16 +712,22 @@ def _check_molecule(g: h5py.Group, config: Mapping[str, Any], deep: bool) -> lis
                 probs.append(f"{mid}: {key} is not symmetric (v_i.Hv_j != v_j.Hv_i)")
         if np.abs(np.linalg.norm(vv, axis=1) - 1.0).max() > 1e-10:
             probs.append(f"{mid}: hess/v probes are not unit vectors")
-    if deep and count_ok:  # a molecule with another electron count cannot be rebuilt
-        probs += _check_overlap(mid, arr, charge, config)
+    if deep:
+        probs += _check_overlap(mid, arr, a, config)
     return probs
 
 
 def _check_overlap(
-    mid: str, arr: Mapping[str, np.ndarray], charge: int, config: Mapping[str, Any]
+    mid: str, arr: Mapping[str, np.ndarray], attrs: Mapping[str, Any], config: Mapping[str, Any]
 ) -> list[str]:
-    """Rebuilds the AO overlap from the stored geometry and basis: C^T S C = 1, tr(D S) = N."""
-    mol = _stored_mole(arr["atoms/numbers"], arr["atoms/coords"], charge, config)
+    """Rebuilds the molecule (atoms, charge, ECPs, basis): C^T S C = 1, tr(D S) = N = 2 nocc."""
+    charge = stored_charge(attrs, arr["atoms/numbers"])
+    try:
+        mol = _stored_mole(
+            arr["atoms/numbers"], arr["atoms/coords"], charge, stored_ecp(attrs), config
+        )
+    except (RuntimeError, ValueError, KeyError) as err:
+        return [f"{mid}: cannot rebuild the molecule (charge {charge}): {err}"]
     s = mol.intor_symmetric("int1e_ovlp")
     c = arr["scf/mo_coeff"]
     probs = []

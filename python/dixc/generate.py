@@ -34,6 +34,8 @@ from dixc.reference import (
     NUMINTS,
     ReferenceConfig,
     SCFConvergenceError,
+    check_basis_names,
+    check_elements,
     check_xc,
     compute_reference,
 )
@@ -98,6 +100,7 @@ class GenerateConfig:
         if self.numint not in NUMINTS:
             raise ValueError(f"dixc: unknown numint {self.numint!r}; choose one of {NUMINTS}")
         check_xc(self.reference.xc)
+        check_basis_names(self.reference)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -178,6 +181,7 @@ def select_molecules(cfg: GenerateConfig) -> tuple[list[Molecule], list[tuple[st
     for m in mols:
         try:
             validate(m, exclude)
+            check_elements(m, cfg.reference)
         except InvalidMoleculeError as err:
             if not cfg.skip_invalid:
                 raise
@@ -518,6 +522,12 @@ def add_arguments(p) -> None:
     r.add_argument("--xc", default=d.xc)
     r.add_argument("--basis", default=d.basis)
     r.add_argument("--cart", action="store_true", help="Cartesian basis functions")
+    r.add_argument(
+        "--ecp",
+        default=None,
+        help="effective core potentials: a PySCF ECP name, or 'none' for all electrons "
+        "(default: the basis's own where PySCF has them, e.g. def2-* for Rb-Rn)",
+    )
     r.add_argument("--grid-level", type=int, default=d.grid_level)
     r.add_argument("--density-fit", action="store_true", help="density-fitted J/K")
     r.add_argument("--auxbasis", default=None)
@@ -618,6 +628,7 @@ def config_from_args(a) -> GenerateConfig:
         n_tddft=a.tddft,
         seed=a.seed,
         max_memory=a.max_memory,
+        ecp=a.ecp,
     )
     exclude = sorted(parse_elements(" ".join(a.exclude)))
     return GenerateConfig(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 
 
@@ -33,6 +34,15 @@ class Grid:
         return Grid(self.coords.to(device), self.weights.to(device), *opt)
 
 
+def nuclear_charges(mol) -> np.ndarray:
+    """``(natm,)`` int64 atomic numbers Z of a PySCF ``Mole`` (``mol.atom_charges()`` is Z less
+    the core electrons an ECP replaces)."""
+    return np.array(
+        [int(mol.atom_charge(i)) + int(mol.atom_nelec_core(i)) for i in range(mol.natm)],
+        dtype=np.int64,
+    )
+
+
 def from_pyscf(grids) -> Grid:
     """Wraps a built ``pyscf.dft.gen_grid.Grids`` (coords, weights, its molecule's atoms)."""
     if grids.coords is None:
@@ -42,7 +52,7 @@ def from_pyscf(grids) -> Grid:
         torch.as_tensor(grids.coords, dtype=torch.float64).clone(),
         torch.as_tensor(grids.weights, dtype=torch.float64).clone(),
         None if mol is None else torch.as_tensor(mol.atom_coords(), dtype=torch.float64),
-        None if mol is None else torch.as_tensor(mol.atom_charges(), dtype=torch.int64),
+        None if mol is None else torch.as_tensor(nuclear_charges(mol), dtype=torch.int64),
     )
 
 

@@ -21,9 +21,13 @@ H_theta X = 4 [F_hj,vv X - X F_hj,oo] + hv_j + (the V_xc^theta, f_xc^theta terms
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import json
 import logging
 import time
+import warnings
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -31,7 +35,8 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from dixc.sources import Molecule
+from dixc.grid import nuclear_charges
+from dixc.sources import InvalidMoleculeError, Molecule
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,10 @@ class ReferenceConfig:
         n_tddft: lowest singlet excitations (TDA and full TDDFT) to compute; 0 for none.
         seed: global seed; each molecule draws from SeedSequence([seed, crc32(id)]).
         max_memory: PySCF ``max_memory`` in MB.
+        ecp: effective core potentials. None (default): the basis's own where PySCF has them
+            (def2-* bases: Rb to Rn; lanl2dz, ...), all electrons elsewhere; a PySCF ECP name:
+            that set, for the elements it covers; ``"none"``: all electrons everywhere.
+            Left out of ``to_dict`` (and so of the config hash) when None.
     """
 
     xc: str = "B3LYP"
@@ -102,6 +111,7 @@ class ReferenceConfig:
     n_tddft: int = 0
     seed: int = 0
     max_memory: int = 4000
+    ecp: str | None = None
 
     def __post_init__(self):
         for s in self.retry:
@@ -118,6 +128,8 @@ class ReferenceConfig:
         d = dataclasses.asdict(self)
         d["retry"] = list(self.retry)
         d["grad_norms"] = list(self.grad_norms)
+        if d["ecp"] is None:  # the default: data sets made before the option keep their hash
+            del d["ecp"]
         return d
 
     @classmethod
@@ -150,8 +162,103 @@ def molecule_seed(molecule_id: str, seed: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(seed), zlib.crc32(molecule_id.encode())])
 
 
+def ecp_assignment(symbols: Sequence[str], config: ReferenceConfig) -> dict[str, str]:
+    """Which elements get an effective core potential, and which: ``{symbol: ECP name}``.
+
+    ``config.ecp`` None takes the basis's own ECPs (def2-svp puts 28 core electrons of iodine into
+    its ECP), a name takes that set's, ``"none"`` none. Elements the set has no ECP for (every
+    element of an all-electron basis) are left out: all their electrons are computed.
+    """
+    from pyscf import gto
+
+    name = config.basis if config.ecp is None else config.ecp
+    if name.strip().lower() == "none":
+        return {}
+    out = {}
+    for sym in sorted(set(symbols)):
+        if (name, sym) not in _ECP_HAS:
+            with _quiet():
+                try:
+                    _ECP_HAS[name, sym] = bool(gto.basis.load_ecp(name, sym))
+                except (KeyError, RuntimeError, ValueError, gto.basis.BasisNotFoundError):
+                    _ECP_HAS[name, sym] = False
+        if _ECP_HAS[name, sym]:
+            out[sym] = name
+    return out
+
+
+_ECP_HAS: dict[tuple[str, str], bool] = {}
+
+
+def _quiet():
+    """Silences PySCF's prints and basis-set-exchange hints while a basis name is looked up."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    return stack
+
+
+def check_basis_names(config: ReferenceConfig) -> None:
+    """Checks that PySCF knows ``config.basis`` and ``config.ecp`` (before any work).
+
+    Raises:
+        ValueError: an unknown basis or ECP name (the message names it and the fix).
+    """
+    from pyscf import gto
+
+    with _quiet():
+        try:
+            gto.basis.load(config.basis, "H")
+        except gto.basis.BasisNotFoundError as err:
+            if "Unknown basis" in str(err):
+                raise ValueError(
+                    f"dixc: PySCF does not know the basis {config.basis!r}; use a PySCF basis "
+                    "name such as def2-svp, def2-tzvp, cc-pvdz or 6-31g*"
+                ) from err
+        if config.ecp is not None and config.ecp.strip().lower() != "none":
+            try:
+                gto.basis.load_ecp(config.ecp, "H")
+            except (RuntimeError, KeyError, gto.basis.BasisNotFoundError) as err:
+                raise ValueError(
+                    f"dixc: PySCF does not know the ECP set {config.ecp!r}; use a PySCF ECP name "
+                    "(def2-svp, lanl2dz, ...) or 'none'"
+                ) from err
+
+
+def check_elements(molecule: Molecule, config: ReferenceConfig) -> None:
+    """Checks that ``config.basis`` has functions for every element of ``molecule``.
+
+    Raises:
+        InvalidMoleculeError: naming the molecule, the elements and the fix.
+    """
+    from pyscf import gto
+
+    missing = []
+    for sym in sorted(set(molecule.symbols)):
+        if (config.basis, sym) not in _BASIS_HAS:
+            with _quiet():
+                try:
+                    _BASIS_HAS[config.basis, sym] = bool(gto.basis.load(config.basis, sym))
+                except (gto.basis.BasisNotFoundError, KeyError, RuntimeError, ValueError):
+                    _BASIS_HAS[config.basis, sym] = False
+        if not _BASIS_HAS[config.basis, sym]:
+            missing.append(sym)
+    if missing:
+        raise InvalidMoleculeError(
+            molecule.id,
+            f"basis {config.basis!r} has no functions for {', '.join(missing)}; choose a basis "
+            f"that covers it (def2-svp covers H-Rn), --exclude {' '.join(missing)}, or "
+            "--skip-invalid to skip such molecules",
+        )
+
+
+_BASIS_HAS: dict[tuple[str, str], bool] = {}
+
+
 def build_mole(molecule: Molecule, config: ReferenceConfig):
-    """PySCF ``Mole`` (the molecule's charge and spin) of ``molecule`` in ``config.basis``.
+    """PySCF ``Mole`` (the molecule's charge and spin) of ``molecule`` in ``config.basis``, with
+    the ECPs of :func:`ecp_assignment`.
 
     Raises:
         ValueError: the basis lacks an element (message names molecule and basis).
@@ -163,6 +270,7 @@ def build_mole(molecule: Molecule, config: ReferenceConfig):
             atom=molecule.pyscf_atom(),
             unit="Angstrom",
             basis=config.basis,
+            ecp=ecp_assignment(molecule.symbols, config),
             cart=config.cart,
             charge=molecule.charge,
             spin=molecule.spin,
@@ -607,7 +715,7 @@ def compute_reference(
     total.stop("total")
 
     arrays: dict[str, np.ndarray] = {
-        "atoms/numbers": np.asarray(mol.atom_charges(), dtype=np.int64),
+        "atoms/numbers": nuclear_charges(mol),
         "atoms/coords": np.asarray(mol.atom_coords(unit="Bohr"), dtype=np.float64),
         **{f"scf/{k}": np.float64(v_) for k, v_ in terms.items()},
         "scf/dm": dm,
@@ -638,6 +746,7 @@ def compute_reference(
         "n_heavy": molecule.n_heavy,
         "nelectron": int(mol.nelectron),
         "charge": int(mol.charge),
+        "ecp": json.dumps(ecp_assignment(molecule.symbols, config), sort_keys=True),
         "nao": int(mol.nao),
         "nmo": int(nmo),
         "nocc": int(nocc),
