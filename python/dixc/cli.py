@@ -2,8 +2,9 @@
 
 Subcommands: ``demo`` (the end-to-end pipeline; remaining arguments go to ``dixc.demo``),
 ``info`` (build information), ``generate`` (reference data, see ``docs/generate.md``), ``train``
-(DI-Loss distillation, ``dixc.train``) and ``evaluate`` (metrics and reports, ``dixc.evaluate``).
-``demo``, ``train`` and ``evaluate`` own their argument parsers (``MODULE.main(argv)``).
+(DI-Loss distillation, ``dixc.train``), ``evaluate`` (metrics and reports, ``dixc.evaluate``) and
+``run`` (a functional on xyz molecules, ``dixc.run``). ``demo``, ``train``, ``evaluate`` and
+``run`` own their argument parsers (``MODULE.main(argv)``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-_OWN_PARSER = {"demo": "dixc.demo", "train": "dixc.train", "evaluate": "dixc.evaluate"}
+_OWN_PARSER = {
+    "demo": "dixc.demo",
+    "train": "dixc.train",
+    "evaluate": "dixc.evaluate",
+    "run": "dixc.run",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="dixc", description="Derivative-Informed XC functionals")
     sub = p.add_subparsers(
-        dest="command", required=True, metavar="{demo,info,generate,train,evaluate}"
+        dest="command", required=True, metavar="{demo,info,generate,train,evaluate,run}"
     )
     sub.add_parser(
         "demo", help="SCF through dixc vs PySCF (options: dixc demo --help)", add_help=False
@@ -30,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser(
         "evaluate", help="accuracy metrics and reports (dixc evaluate --help)", add_help=False
+    )
+    sub.add_parser(
+        "run",
+        help="a functional on your xyz molecules: SCF, properties, TDDFT (dixc run --help)",
+        add_help=False,
     )
     g = sub.add_parser(
         "generate",
@@ -42,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # `dixc demo|train|evaluate ...` hands everything after the command to MODULE.main unparsed.
+    # `dixc demo|train|evaluate|run ...` hands everything after the command to MODULE.main unparsed.
     if argv and argv[0] in _OWN_PARSER:
         import importlib
 

@@ -1,0 +1,391 @@
+"""``dixc run``: a functional (learned or classical) on your own molecules, no reference needed.
+
+For every molecule of the xyz / extended-xyz inputs: a self-consistent Kohn-Sham calculation with
+the functional (DIIS, then level shift, then damping, as ``dixc evaluate``), its total energy,
+orbital energies (HOMO, LUMO), dipole moment, optionally the lowest singlet excitations (full
+TDDFT or TDA, from the functional's orbital Hessian) with oscillator strengths, and optionally a
+hybrid SCF in PySCF started from the learned density next to PySCF's default guess (the cycles a
+learned guess saves). Prints a table, writes JSON, and with ``--save`` the orbitals per molecule.
+
+Python API::
+
+    from dixc.run import run_molecule, RunConfig
+    from dixc.evaluate import load_checkpoint
+    functional, _ = load_checkpoint("runs/di/")          # or "pbe"
+    row = run_molecule(molecule, functional, RunConfig(basis="def2-svp", n_states=5))
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from dixc.sources import InvalidMoleculeError, Molecule
+
+log = logging.getLogger("dixc.run")
+
+HARTREE2EV = 27.211386245988  # CODATA 2018, as PySCF's nist.HARTREE2EV
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """How every molecule is computed.
+
+    Attributes:
+        basis: orbital basis (PySCF name).
+        ecp: effective core potentials as ``dixc generate --ecp`` (None: the basis's own).
+        cart: Cartesian basis functions.
+        grid_level: PySCF grid level of the SCF and every quantity computed from it.
+        coulomb: ``'df'`` (density-fitted J, def2-universal-jkfit) or ``'exact'``.
+        conv_tol: SCF energy threshold (Hartree).
+        conv_tol_grad: SCF threshold on |G| = |4 (C^T F C)_vo|_F.
+        max_cycle: SCF iterations per strategy.
+        n_states: lowest singlet excitations to compute (0: none).
+        tda: Tamm-Dancoff instead of full TDDFT (Casida).
+        hybrid: a PySCF functional (e.g. ``"B3LYP"``) to run from PySCF's default guess and from
+            the learned density, or None.
+        device: torch device of the Kohn-Sham engine.
+    """
+
+    basis: str = "def2-svp"
+    ecp: str | None = None
+    cart: bool = False
+    grid_level: int = 3
+    coulomb: str = "df"
+    conv_tol: float = 1e-10
+    conv_tol_grad: float = 1e-6
+    max_cycle: int = 100
+    n_states: int = 0
+    tda: bool = False
+    hybrid: str | None = None
+    device: str = "cpu"
+
+    def reference_config(self, xc: str = "B3LYP"):
+        """The :class:`dixc.reference.ReferenceConfig` of the same basis, ECPs and grid."""
+        from dixc.reference import ReferenceConfig
+
+        return ReferenceConfig(
+            xc=xc, basis=self.basis, ecp=self.ecp, cart=self.cart, grid_level=self.grid_level
+        )
+
+
+def oscillator_strengths(
+    ctx, mo_coeff: torch.Tensor, xy: torch.Tensor, e: torch.Tensor
+) -> torch.Tensor:
+    """Singlet oscillator strengths f_n = 2/3 omega_n |mu_0n|^2 (length gauge).
+
+    Args:
+        ctx: molecule context (its ``mol`` gives the dipole integrals, origin at 0).
+        mo_coeff: ``(nao, nmo)`` canonical orbitals of the amplitudes, occupied first.
+        xy: ``(n, nvir, nocc)`` X + Y (RPA, (X + Y).(X - Y) = 1) or X (TDA, unit norm), spin-
+            adapted: the transition dipole is sqrt(2) sum_ia (X + Y)_ai <a|r|i>.
+        e: ``(n,)`` excitation energies (Hartree).
+
+    Returns:
+        ``(n,)`` dimensionless oscillator strengths.
+    """
+    r = torch.as_tensor(ctx.mol.intor_symmetric("int1e_r"), dtype=xy.dtype, device=xy.device)
+    nocc = xy.shape[-1]
+    co, cv = mo_coeff[:, :nocc], mo_coeff[:, nocc:]
+    r_vo = torch.einsum("pa,xpq,qi->xai", cv, r, co)  # <a|r|i>, (3, nvir, nocc)
+    mu = math.sqrt(2.0) * torch.einsum("nai,xai->nx", xy, r_vo)
+    return 2.0 / 3.0 * e * (mu * mu).sum(-1)
+
+
+def run_molecule(
+    molecule: Molecule, functional, config: RunConfig = RunConfig()
+) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+    """One molecule: SCF with ``functional``, properties, excitations, hybrid SCF.
+
+    Args:
+        molecule: a validated molecule (``dixc.sources``).
+        functional: an :class:`dixc.functionals.XCFunctional`.
+        config: how to compute it.
+
+    Returns:
+        ``(row, arrays)``: ``row`` is JSON-ready (``converged`` False, with ``scf_attempts``, when
+        every SCF strategy failed; then no excitations or hybrid runs); ``arrays`` holds
+        ``dm`` (the density of the energy), ``mo_coeff``, ``mo_energy``, ``mo_occ`` (the
+        canonical orbitals of F[dm]: their density is dm up to the SCF's last step), None when
+        the SCF failed.
+
+    Raises:
+        ValueError: the basis lacks an element of the molecule (message names both).
+    """
+    from dixc.context import MolContext
+    from dixc.evaluate.core import learned_scf
+    from dixc.evaluate.metrics import dipole
+    from dixc.reference import build_mole
+
+    t0 = time.perf_counter()
+    mol = build_mole(molecule, config.reference_config())
+    mol.dixc_name = molecule.id
+    ctx = MolContext.from_mol(
+        mol, grid_level=config.grid_level, coulomb=config.coulomb, device=config.device
+    )
+    res, strategy, attempts, cycles = learned_scf(
+        ctx,
+        functional,
+        conv_tol=config.conv_tol,
+        conv_tol_grad=config.conv_tol_grad,
+        max_cycle=config.max_cycle,
+    )
+    scf_wall = time.perf_counter() - t0
+    nocc = ctx.nocc
+    row: dict[str, Any] = {
+        "id": molecule.id,
+        "formula": molecule.formula,
+        "source": molecule.source,
+        "natm": molecule.natm,
+        "charge": molecule.charge,
+        "nelectron": int(mol.nelectron),
+        "nao": int(mol.nao),
+        "converged": bool(res.converged),
+        "scf_strategy": strategy,
+        "scf_cycles": int(cycles),
+        "scf_attempts": attempts,
+        "grad_norm": float(res.grad_norm),
+        "energy_scf": float(res.energy),
+    }
+    if not res.converged:
+        row["wall_s"] = time.perf_counter() - t0
+        return row, None
+    dm = res.dm.detach()
+    row["energy"] = row["energy_scf"]
+    if config.coulomb == "df":  # at the same density, the Coulomb energy with exact integrals
+        from pyscf.scf import hf
+
+        d = dm.cpu().numpy()
+        vj = hf.get_jk(mol, d, hermi=1, with_k=False)[0]
+        ej_df = 0.5 * float(torch.einsum("ij,ji->", ctx.get_j(dm), dm))
+        row["energy"] = row["energy_scf"] - ej_df + 0.5 * float(np.einsum("ij,ji->", vj, d))
+    mo_e = res.mo_energy.detach().cpu().numpy()
+    row["homo_ev"] = float(mo_e[nocc - 1] * HARTREE2EV)
+    row["lumo_ev"] = float(mo_e[nocc] * HARTREE2EV) if mo_e.size > nocc else None
+    row["gap_ev"] = None if row["lumo_ev"] is None else row["lumo_ev"] - row["homo_ev"]
+    mu = dipole(ctx, dm)
+    row["dipole_debye"] = [float(v) for v in mu]
+    row["dipole_norm_debye"] = float(np.linalg.norm(mu))
+    if config.n_states > 0:
+        from dixc.evaluate.tddft import LinearResponse
+
+        method = "tda" if config.tda else "rpa"
+        ex = LinearResponse(ctx, functional, res.mo_coeff).solve(config.n_states, method)
+        f = oscillator_strengths(ctx, ex.mo_coeff.detach(), ex.xy.detach(), ex.e.detach())
+        row["excitations"] = {
+            "method": method,
+            "e_ev": [float(v) for v in ex.e_ev],
+            "f": [float(v) for v in f],
+            "converged": [bool(v) for v in ex.converged],
+        }
+    if config.hybrid:
+        from dixc.evaluate.hybrid import hybrid_scf_runs
+
+        runs = hybrid_scf_runs(
+            mol,
+            config.reference_config(config.hybrid).to_dict(),
+            dm.cpu().numpy(),
+            learned_wall=scf_wall,
+            learned_cycles=cycles,
+            guesses=("default", "learned"),
+        )
+        d, g = runs["default"], runs["learned"]
+        row["hybrid"] = {
+            "xc": config.hybrid,
+            "default": d.to_dict(),
+            "learned": g.to_dict(),
+            "saving_pct": 100.0 * (d.cycles - g.cycles) / d.cycles if d.cycles else None,
+        }
+    row["wall_s"] = time.perf_counter() - t0
+    arrays = {
+        "mo_coeff": res.mo_coeff.detach().cpu().numpy(),
+        "mo_energy": mo_e,
+        "mo_occ": res.mo_occ.detach().cpu().numpy(),
+        "dm": dm.cpu().numpy(),
+    }
+    return row, arrays
+
+
+def save_arrays(directory: str, molecule_id: str, row: dict[str, Any], arrays) -> str:
+    """Writes ``DIRECTORY/<id>.npz`` (orbitals, density, energy) atomically; returns the path."""
+    from dixc.fileio import atomic_path
+
+    path = os.path.join(directory, f"{molecule_id}.npz")
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, energy=np.float64(row["energy"]), **arrays)
+    return path
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of the molecules' results."""
+    n = max((len(r.get("excitations", {}).get("e_ev", [])) for r in rows), default=0)
+    hyb = any("hybrid" in r for r in rows)
+    head = ["molecule", "formula", "SCF", "E (Eh)", "HOMO (eV)", "gap (eV)", "dipole (D)"]
+    if n:
+        head.append("excitations eV (f)")
+    if hyb:
+        xc = next(r["hybrid"]["xc"] for r in rows if "hybrid" in r)
+        head.append(f"{xc} cycles default / learned")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if not r.get("converged"):
+            cells = [r["id"], r.get("formula", ""), r.get("error", "not converged")]
+            cells += ["-"] * (len(head) - 3)
+        else:
+            cells = [
+                r["id"],
+                r["formula"],
+                f"{r['scf_strategy']} ({r['scf_cycles']})",
+                f"{r['energy']:.8f}",
+                f"{r['homo_ev']:.3f}",
+                "-" if r["gap_ev"] is None else f"{r['gap_ev']:.3f}",
+                f"{r['dipole_norm_debye']:.4f}",
+            ]
+            if n:
+                ex = r.get("excitations")
+                cells.append(
+                    "-"
+                    if not ex
+                    else ", ".join(
+                        f"{e:.3f} ({f:.3f})" for e, f in zip(ex["e_ev"], ex["f"], strict=True)
+                    )
+                )
+            if hyb:
+                h = r.get("hybrid")
+                cells.append(
+                    "-" if not h else f"{h['default']['cycles']} / {h['learned']['cycles']}"
+                )
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dixc run",
+        description="Run a learned or classical functional on xyz molecules: SCF, energy, "
+        "orbital energies, dipole, optional TDDFT and hybrid SCF from the learned density.",
+    )
+    p.add_argument(
+        "functional",
+        help="functional file (*.safetensors), training output directory, or a classical "
+        "functional name (pbe, blyp, ...)",
+    )
+    p.add_argument("xyz", nargs="+", help="xyz / extended-xyz files or directories of them")
+    d = RunConfig()
+    p.add_argument("--basis", default=d.basis)
+    p.add_argument("--ecp", default=None, help="ECP set or 'none' (default: the basis's own)")
+    p.add_argument("--cart", action="store_true", help="Cartesian basis functions")
+    p.add_argument("--grid-level", type=int, default=d.grid_level)
+    p.add_argument("--coulomb", choices=("df", "exact"), default=d.coulomb)
+    p.add_argument("--conv-tol", type=float, default=d.conv_tol)
+    p.add_argument("--conv-tol-grad", type=float, default=d.conv_tol_grad)
+    p.add_argument("--max-cycle", type=int, default=d.max_cycle)
+    p.add_argument("--tddft", type=int, default=0, metavar="N", help="lowest N singlet states")
+    p.add_argument("--tda", action="store_true", help="Tamm-Dancoff instead of full TDDFT")
+    p.add_argument(
+        "--hybrid",
+        default=None,
+        metavar="XC",
+        help="also run this PySCF functional (e.g. B3LYP) from the default and learned guesses",
+    )
+    p.add_argument("--json", default=None, metavar="FILE", help="write every result as JSON")
+    p.add_argument("--save", default=None, metavar="DIR", help="write DIR/<id>.npz orbitals")
+    p.add_argument("--skip-invalid", action="store_true", help="skip invalid molecules")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Exit status: 0 all converged, 1 some molecule failed (listed), 2 unusable input."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from tqdm import tqdm
+
+    from dixc.evaluate.core import CheckpointError, load_checkpoint
+    from dixc.reference import check_basis_names, check_elements, check_xc
+    from dixc.sources import validate, xyz_molecules
+
+    config = RunConfig(
+        basis=args.basis,
+        ecp=args.ecp,
+        cart=args.cart,
+        grid_level=args.grid_level,
+        coulomb=args.coulomb,
+        conv_tol=args.conv_tol,
+        conv_tol_grad=args.conv_tol_grad,
+        max_cycle=args.max_cycle,
+        n_states=args.tddft,
+        tda=args.tda,
+        hybrid=args.hybrid,
+        device=args.device,
+    )
+    try:
+        functional, info = load_checkpoint(args.functional, device=args.device)
+        check_basis_names(config.reference_config())
+        if config.hybrid:
+            check_xc(config.hybrid)
+        mols, skipped = [], []
+        for m in xyz_molecules(args.xyz):
+            try:
+                validate(m)
+                check_elements(m, config.reference_config())
+            except InvalidMoleculeError as err:
+                if not args.skip_invalid:
+                    raise
+                skipped.append({"id": m.id, "error": str(err)})
+                log.warning("skipping invalid input: %s", err)
+                continue
+            mols.append(m)
+    except (CheckpointError, InvalidMoleculeError, ValueError, FileNotFoundError) as err:
+        print(f"dixc run: error: {err}", file=sys.stderr)
+        return 2
+    rows = []
+    for m in tqdm(mols, desc="dixc run", unit="mol", disable=args.no_progress):
+        try:
+            row, arrays = run_molecule(m, functional, config)
+        except (ValueError, FloatingPointError, RuntimeError) as err:
+            log.error("%s: %s", m.id, err)
+            rows.append({"id": m.id, "formula": m.formula, "converged": False, "error": str(err)})
+            continue
+        if arrays is not None and args.save:
+            row["saved"] = save_arrays(args.save, m.id, row, arrays)
+        rows.append(row)
+        log.info("%s: E = %.8f Eh (%s)", m.id, row["energy_scf"], row["scf_strategy"])
+    print(f"functional: {info['source']} ({info['architecture']}, {config.basis}, grid "
+          f"{config.grid_level})")  # fmt: skip
+    print(format_table(rows))
+    failed = [r for r in rows if not r.get("converged")]
+    for r in failed:
+        why = r.get("error") or "; ".join(r.get("scf_attempts", []))
+        print(f"dixc run: {r['id']}: no converged SCF ({why})", file=sys.stderr)
+    if args.json:
+        from dixc.fileio import atomic_path
+
+        out = {
+            "functional": info["source"],
+            "architecture": info["architecture"],
+            "config": dataclasses.asdict(config),
+            "molecules": rows,
+            "skipped": skipped,
+        }
+        with atomic_path(args.json) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(out, fh, indent=1)
+    return 1 if failed else 0
