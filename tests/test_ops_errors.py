@@ -388,3 +388,54 @@ def test_basis_offsets_near_int64_max_rejected(col):
     )
     assert res.returncode == 0, f"interpreter died (rc {res.returncode}): {res.stderr[-500:]}"
     assert res.stdout.startswith("rejected: dixc.eval_ao: shell 0"), res.stdout
+
+
+# --- devices -------------------------------------------------------------------------------------
+def test_check_device_names():
+    from dixc.ops import check_device
+
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        check_device("gpu0")
+    with pytest.raises(ValueError, match="dixc's kernels run on cpu and cuda only"):
+        check_device("meta")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the errors of a machine without CUDA")
+def test_cuda_device_without_cuda_is_one_clear_error(tmp_path):
+    """``--device cuda`` here: every command stops at once with exit status 2 and the fix (it
+    was a traceback from torch's lazy CUDA init, or one failure per molecule in evaluate)."""
+    from dixc import generate
+    from dixc.generate import GenerateConfig
+    from dixc.ops import check_device
+    from dixc.reference import ReferenceConfig
+
+    want = "CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+    with pytest.raises(ValueError, match=want):
+        check_device("cuda")
+    xyz = tmp_path / "water.xyz"
+    xyz.write_text("3\nwater\nO 0 0 0.1178\nH 0 0.7555 -0.4712\nH 0 -0.7555 -0.4712\n")
+    cfg = GenerateConfig(
+        out=str(tmp_path / "data"),
+        source=[str(xyz)],
+        threads=1,
+        progress=False,
+        reference=ReferenceConfig(basis="sto-3g", grid_level=0, k_grad=0, k_hess=0),
+    )
+    assert generate.generate(cfg).n_done == 1
+    data = str(tmp_path / "data")
+    for args in (
+        ["run", "pbe", str(xyz)],
+        ["train", "--data", data, "--out", str(tmp_path / "run"), "--arch", "xcdiff"],
+        ["evaluate", "--functional", "pbe", "--data", data, "--out", str(tmp_path / "ev")],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "dixc.cli", *args, "--device", "cuda", "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 2 and want in r.stderr and "Traceback" not in r.stderr, (
+            args[0],
+            r.stderr,
+        )

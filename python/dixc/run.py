@@ -338,6 +338,9 @@ def main(argv: list[str]) -> int:
         device=args.device,
     )
     try:
+        from dixc.ops import check_device
+
+        check_device(args.device)
         functional, info = load_checkpoint(args.functional, device=args.device)
         check_basis_names(config.reference_config())
         if config.hybrid:

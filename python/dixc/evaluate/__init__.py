@@ -199,6 +199,9 @@ def main(argv: list[str]) -> int:
     except (CheckpointError, DataFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except ValueError as err:  # e.g. a device dixc cannot compute on
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     paths = write_report(results, args.out, plots=not args.no_plots)
     print(comparison_table(results))
     n_fail = sum(len(r.failures) for r in results)

@@ -635,11 +635,14 @@ def evaluate_checkpoint(
 
     Raises:
         CheckpointError, DataFileError: unusable inputs (messages name the file and the fix).
+        ValueError: a device dixc cannot compute on (``dixc.ops.check_device``).
     """
     from tqdm.auto import tqdm
 
     import dixc
+    from dixc.ops import check_device
 
+    check_device(device)
     functional, finfo = load_checkpoint(checkpoint, device)
     ds = open_dataset(data)
     config = ds.config or {}

@@ -20,6 +20,7 @@ from dixc.ops._reference import contract_vxc_ref, eval_ao_ref, eval_rho_ref
 
 __all__ = [
     "build_info",
+    "check_device",
     "contract_vxc",
     "contract_vxc_fused",
     "contract_vxc_ref",
@@ -49,6 +50,45 @@ def has_cuda() -> bool:
 def build_info() -> str:
     """Version, torch version built against, kernels compiled (CPU/CUDA), OpenMP."""
     return str(torch.ops.dixc.build_info())
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)`` if dixc can compute there.
+
+    Raises:
+        ValueError: an unknown device, or CUDA where this torch has no CUDA support, no GPU is
+            visible, the index is out of range or dixc was built without CUDA kernels (the
+            message says which and the fix).
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"dixc: unknown device {device!r} ({err}); use cpu or cuda[:N]") from err
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(f"dixc: device {device!r}: dixc's kernels run on cpu and cuda only")
+    if torch.version.cuda is None:
+        raise ValueError(
+            f"dixc: device {device!r}: this torch ({torch.__version__}) is a CPU-only build; "
+            "use --device cpu, or install a CUDA build of torch and rebuild dixc against it "
+            "(pip install --no-build-isolation .)"
+        )
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"dixc: device {device!r}: no CUDA GPU is visible to torch {torch.__version__} "
+            "(driver, CUDA_VISIBLE_DEVICES?); use --device cpu"
+        )
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"dixc: device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible"
+        )
+    if not has_cuda():
+        raise ValueError(
+            f"dixc: device {device!r}: this dixc build has no CUDA kernels ({build_info()}); "
+            "rebuild it with DIXC_CUDA=ON pip install --no-build-isolation . (needs nvcc)"
+        )
+    return dev
 
 
 def eval_ao(basis: Basis, coords: torch.Tensor, deriv: int = 0) -> torch.Tensor:

@@ -101,8 +101,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     Returns:
         The summary of :meth:`dixc.train.loop.Trainer.run`.
     """
+    from dixc.ops import check_device
     from dixc.train.loop import Trainer, close_distributed, init_distributed
 
+    check_device(cfg.run.device)
     dist = init_distributed(cfg.run.device)
     try:
         summary = Trainer(cfg, resume=resume, dist=dist).run()
