@@ -176,14 +176,31 @@ def select_molecules(cfg: GenerateConfig) -> tuple[list[Molecule], list[tuple[st
         if "qm9" in cfg.source:
             raise ValueError("dixc: --source qm9 cannot be combined with xyz paths")
         mols = _read_xyz_sources(cfg)
-    exclude = parse_elements(cfg.exclude)
+    return valid_molecules(mols, cfg.reference, cfg.exclude, cfg.skip_invalid)
+
+
+def valid_molecules(
+    mols: Sequence[Molecule],
+    reference: ReferenceConfig,
+    exclude: str | Sequence[str] | None = None,
+    skip_invalid: bool = False,
+) -> tuple[list[Molecule], list[tuple[str, str]]]:
+    """The molecules that pass ``sources.validate`` and have functions in the basis.
+
+    Returns:
+        ``(valid, invalid)``, ``invalid`` as ``(id, reason)`` (only with ``skip_invalid``).
+
+    Raises:
+        InvalidMoleculeError: the first invalid molecule, unless ``skip_invalid``.
+    """
+    excluded = parse_elements(exclude)
     keep, invalid = [], []
     for m in mols:
         try:
-            validate(m, exclude)
-            check_elements(m, cfg.reference)
+            validate(m, excluded)
+            check_elements(m, reference)
         except InvalidMoleculeError as err:
-            if not cfg.skip_invalid:
+            if not skip_invalid:
                 raise
             log.warning("skipping invalid input: %s", err)
             invalid.append((m.id, str(err)))
@@ -192,16 +209,22 @@ def select_molecules(cfg: GenerateConfig) -> tuple[list[Molecule], list[tuple[st
     return keep, invalid
 
 
+def read_xyz(paths: Sequence[str], skip_invalid: bool = False) -> list[Molecule]:
+    """Molecules of xyz / extended-xyz files and directories; with ``skip_invalid`` a path that
+    cannot be read is logged and skipped (else its error is raised)."""
+    if not skip_invalid:
+        return xyz_molecules(paths)
+    mols = []
+    for p in paths:
+        try:
+            mols += xyz_molecules(p)
+        except InvalidMoleculeError as err:
+            log.warning("skipping unreadable input: %s", err)
+    return mols
+
+
 def _read_xyz_sources(cfg: GenerateConfig) -> list[Molecule]:
-    if not cfg.skip_invalid:
-        mols = xyz_molecules(cfg.source)
-    else:  # unreadable files are skipped one by one
-        mols = []
-        for p in cfg.source:
-            try:
-                mols += xyz_molecules(p)
-            except InvalidMoleculeError as err:
-                log.warning("skipping unreadable input: %s", err)
+    mols = read_xyz(cfg.source, cfg.skip_invalid)
     if cfg.subset is not None and cfg.subset < len(mols):
         rng = np.random.default_rng(cfg.subset_seed)
         mols = [mols[k] for k in np.sort(rng.choice(len(mols), cfg.subset, replace=False))]

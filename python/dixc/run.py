@@ -320,8 +320,8 @@ def main(argv: list[str]) -> int:
     from tqdm import tqdm
 
     from dixc.evaluate.core import CheckpointError, load_checkpoint
-    from dixc.reference import check_basis_names, check_elements, check_xc
-    from dixc.sources import validate, xyz_molecules
+    from dixc.generate import read_xyz, valid_molecules
+    from dixc.reference import check_basis_names, check_xc
 
     config = RunConfig(
         basis=args.basis,
@@ -345,18 +345,12 @@ def main(argv: list[str]) -> int:
         check_basis_names(config.reference_config())
         if config.hybrid:
             check_xc(config.hybrid)
-        mols, skipped = [], []
-        for m in xyz_molecules(args.xyz):
-            try:
-                validate(m)
-                check_elements(m, config.reference_config())
-            except InvalidMoleculeError as err:
-                if not args.skip_invalid:
-                    raise
-                skipped.append({"id": m.id, "error": str(err)})
-                log.warning("skipping invalid input: %s", err)
-                continue
-            mols.append(m)
+        mols, invalid = valid_molecules(
+            read_xyz(args.xyz, args.skip_invalid),
+            config.reference_config(),
+            skip_invalid=args.skip_invalid,
+        )
+        skipped = [{"id": i, "error": why} for i, why in invalid]
     except (CheckpointError, InvalidMoleculeError, ValueError, FileNotFoundError) as err:
         print(f"dixc run: error: {err}", file=sys.stderr)
         return 2
