@@ -21,7 +21,7 @@ $(BIN)/python:
 $(DEPS): $(BIN)/python pyproject.toml Makefile
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.21" ninja numpy scipy \
-		"pyscf==2.14.0" h5py tqdm qm9pack safetensors pyyaml matplotlib tensorboard "pytest>=8" expecttest "ruff==0.17.*" "clang-format==23.*"
+		"pyscf==2.14.0" h5py tqdm qm9pack safetensors pyyaml matplotlib tensorboard "geometric==1.1.1" "pytest>=8" expecttest "ruff==0.17.*" "clang-format==23.*"
 	touch $@
 
 install: $(DEPS)

@@ -186,7 +186,9 @@ class TorchNumInt(numint.NumInt):
         f = self.functional
         if not f.is_local:
             raise NotImplementedError(
-                f"dixc: {self.name} is nonlocal; pointwise eval_xc_eff does not apply"
+                f"dixc: {self.name} is nonlocal; pointwise eval_xc_eff does not apply, and so "
+                "neither do PySCF code paths built on it (nuclear gradients, geometry "
+                "optimisation); SCF, TDDFT, CPHF and stability analysis do"
             )
         if spin != 0:
             raise NotImplementedError("dixc: TorchNumInt is closed-shell restricted only")

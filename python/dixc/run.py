@@ -56,6 +56,9 @@ class RunConfig:
         hybrid: a PySCF functional (e.g. ``"B3LYP"``) to run from PySCF's default guess and from
             the learned density, or None.
         device: torch device of the Kohn-Sham engine.
+        optimize: first optimise the geometry (geomeTRIC through PySCF, with the functional's
+            analytic nuclear gradients including the grid response; local functionals only).
+        opt_maxsteps: geometry steps at most.
     """
 
     basis: str = "def2-svp"
@@ -70,6 +73,8 @@ class RunConfig:
     tda: bool = False
     hybrid: str | None = None
     device: str = "cpu"
+    optimize: bool = False
+    opt_maxsteps: int = 100
 
     def reference_config(self, xc: str = "B3LYP"):
         """The :class:`dixc.reference.ReferenceConfig` of the same basis, ECPs and grid."""
@@ -103,6 +108,118 @@ def oscillator_strengths(
     return 2.0 / 3.0 * e * (mu * mu).sum(-1)
 
 
+# geomeTRIC configures the root logger from an ini file; this one sends its step log nowhere
+# (the steps are recorded through the callback) and the caller's logging is restored afterwards.
+_GEOMETRIC_LOG_INI = """[loggers]
+keys=root
+
+[handlers]
+keys=null
+
+[formatters]
+keys=plain
+
+[logger_root]
+level=INFO
+handlers=null
+
+[handler_null]
+class=NullHandler
+level=INFO
+formatter=plain
+args=()
+
+[formatter_plain]
+format=%(message)s
+"""
+
+
+def _check_optimizable(functional, name: str) -> None:
+    if not functional.is_local:
+        raise ValueError(
+            "dixc: geometry optimisation needs nuclear gradients, which dixc has for local "
+            f"functionals only ({name} is nonlocal)"
+        )
+    try:
+        import geometric  # noqa: F401
+    except ImportError as err:
+        raise ValueError(
+            f"dixc: geometry optimisation needs geomeTRIC ({err}); pip install geometric"
+        ) from err
+
+
+def optimize_geometry(
+    molecule: Molecule, functional, config: RunConfig = RunConfig()
+) -> tuple[Molecule, dict[str, Any]]:
+    """Minimises the energy of ``functional`` over the nuclear positions.
+
+    geomeTRIC (through ``pyscf.geomopt``) with PySCF's SCF and analytic nuclear gradients on
+    ``functional`` as a drop-in (``dixc.pyscf_plugin``; exact J; the grid moves with the atoms and
+    its response is included, so the gradient is the derivative of the energy being minimised).
+
+    Returns:
+        ``(molecule at the last geometry, info)``: info has ``converged`` (geomeTRIC's criteria:
+        |dE| < 1e-6 Eh, max gradient < 4.5e-4 Eh/Bohr, max step < 1.8e-3 Angstrom, and their RMS
+        counterparts), ``n_steps``, per-step ``energies`` and ``grad_max``, ``coords_angstrom``.
+
+    Raises:
+        ValueError: a nonlocal functional, an SCF that does not converge on the way, or no
+            geomeTRIC installed (messages name the fix).
+    """
+    import tempfile
+
+    from dixc import pyscf_plugin
+    from dixc.reference import build_mole
+
+    _check_optimizable(functional, type(functional).__name__)
+    from pyscf.geomopt.geometric_solver import kernel as geometric_kernel
+
+    mol = build_mole(molecule, config.reference_config())
+    mf = pyscf_plugin.RKS(
+        mol, functional, device=config.device, conv_tol=config.conv_tol, verbose=0
+    )
+    mf.grids.level = config.grid_level
+    grad = mf.nuc_grad_method()
+    grad.grid_response = True
+    steps: list[dict[str, float]] = []
+
+    def record(env: dict[str, Any]) -> None:
+        g = np.asarray(env["gradients"])
+        steps.append({"energy": float(env["energy"]), "grad_max": float(np.abs(g).max())})
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    with tempfile.TemporaryDirectory() as tmp:
+        ini = os.path.join(tmp, "log.ini")
+        with open(ini, "w", encoding="utf-8") as fh:
+            fh.write(_GEOMETRIC_LOG_INI)
+        try:
+            converged, mol_eq = geometric_kernel(
+                grad,
+                assert_convergence=True,
+                maxsteps=config.opt_maxsteps,
+                callback=record,
+                logIni=ini,
+            )
+        except RuntimeError as err:
+            raise ValueError(
+                f"dixc: {molecule.id}: an SCF did not converge during the geometry optimisation "
+                f"(step {len(steps)}: {err}); raise --max-cycle or start from a better geometry"
+            ) from err
+        finally:
+            root.handlers[:] = saved[0]
+            root.setLevel(saved[1])
+    coords = np.asarray(mol_eq.atom_coords(unit="Angstrom"), dtype=np.float64)
+    info = {
+        "converged": bool(converged),
+        "n_steps": len(steps),
+        "energies": [s["energy"] for s in steps],
+        "grad_max": [s["grad_max"] for s in steps],
+        "coords_angstrom": coords.tolist(),
+    }
+    return dataclasses.replace(molecule, coords=coords), info
+
+
 def run_molecule(
     molecule: Molecule, functional, config: RunConfig = RunConfig()
 ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
@@ -129,6 +246,10 @@ def run_molecule(
     from dixc.reference import build_mole
 
     t0 = time.perf_counter()
+    opt = None
+    if config.optimize:
+        molecule, opt = optimize_geometry(molecule, functional, config)
+    t_scf = time.perf_counter()
     mol = build_mole(molecule, config.reference_config())
     mol.dixc_name = molecule.id
     ctx = MolContext.from_mol(
@@ -141,7 +262,7 @@ def run_molecule(
         conv_tol_grad=config.conv_tol_grad,
         max_cycle=config.max_cycle,
     )
-    scf_wall = time.perf_counter() - t0
+    scf_wall = time.perf_counter() - t_scf
     nocc = ctx.nocc
     row: dict[str, Any] = {
         "id": molecule.id,
@@ -158,6 +279,9 @@ def run_molecule(
         "grad_norm": float(res.grad_norm),
         "energy_scf": float(res.energy),
     }
+    if opt is not None:
+        row["optimization"] = opt
+        row["symbols"] = list(molecule.symbols)
     if not res.converged:
         row["wall_s"] = time.perf_counter() - t0
         return row, None
@@ -218,20 +342,41 @@ def run_molecule(
 
 
 def save_arrays(directory: str, molecule_id: str, row: dict[str, Any], arrays) -> str:
-    """Writes ``DIRECTORY/<id>.npz`` (orbitals, density, energy) atomically; returns the path."""
+    """Writes ``DIRECTORY/<id>.npz`` (orbitals, density, energy) atomically, and after a
+    geometry optimisation ``DIRECTORY/<id>.xyz`` (the geometry they belong to); returns the
+    ``.npz`` path."""
     from dixc.fileio import atomic_path
 
     path = os.path.join(directory, f"{molecule_id}.npz")
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, energy=np.float64(row["energy"]), **arrays)
+    opt = row.get("optimization")
+    if opt is not None:
+        lines = [str(len(row["symbols"])), f"{molecule_id} optimised with dixc run, E = "
+                 f"{row['energy']:.10f} Eh, charge={row['charge']} multiplicity=1"]  # fmt: skip
+        lines += [
+            f"{s:<2s} {x:16.10f} {y:16.10f} {z:16.10f}"
+            for s, (x, y, z) in zip(row["symbols"], opt["coords_angstrom"], strict=True)
+        ]
+        with atomic_path(path[:-4] + ".xyz") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
     return path
+
+
+def _opt_cell(opt: dict[str, Any] | None) -> str:
+    if opt is None:
+        return "-"
+    return f"{opt['n_steps']}" + ("" if opt["converged"] else " (not converged)")
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table of the molecules' results."""
     n = max((len(r.get("excitations", {}).get("e_ev", [])) for r in rows), default=0)
     hyb = any("hybrid" in r for r in rows)
+    opt = any("optimization" in r for r in rows)
     head = ["molecule", "formula", "SCF", "E (Eh)", "HOMO (eV)", "gap (eV)", "dipole (D)"]
+    if opt:
+        head.insert(2, "geometry steps")
     if n:
         head.append("excitations eV (f)")
     if hyb:
@@ -246,6 +391,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             cells = [
                 r["id"],
                 r["formula"],
+                *([_opt_cell(r.get("optimization"))] if opt else []),
                 f"{r['scf_strategy']} ({r['scf_cycles']})",
                 f"{r['energy']:.8f}",
                 f"{r['homo_ev']:.3f}",
@@ -299,6 +445,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="XC",
         help="also run this PySCF functional (e.g. B3LYP) from the default and learned guesses",
     )
+    p.add_argument(
+        "--opt",
+        action="store_true",
+        help="first optimise the geometry (geomeTRIC; local functionals; exact J)",
+    )
+    p.add_argument("--opt-maxsteps", type=int, default=d.opt_maxsteps)
     p.add_argument("--json", default=None, metavar="FILE", help="write every result as JSON")
     p.add_argument("--save", default=None, metavar="DIR", help="write DIR/<id>.npz orbitals")
     p.add_argument("--skip-invalid", action="store_true", help="skip invalid molecules")
@@ -336,6 +488,8 @@ def main(argv: list[str]) -> int:
         tda=args.tda,
         hybrid=args.hybrid,
         device=args.device,
+        optimize=args.opt,
+        opt_maxsteps=args.opt_maxsteps,
     )
     try:
         from dixc.ops import check_device
@@ -343,6 +497,8 @@ def main(argv: list[str]) -> int:
         check_device(args.device)
         functional, info = load_checkpoint(args.functional, device=args.device)
         check_basis_names(config.reference_config())
+        if config.optimize:
+            _check_optimizable(functional, info["architecture"])
         if config.hybrid:
             check_xc(config.hybrid)
         mols, invalid = valid_molecules(
@@ -373,6 +529,12 @@ def main(argv: list[str]) -> int:
     for r in failed:
         why = r.get("error") or "; ".join(r.get("scf_attempts", []))
         print(f"dixc run: {r['id']}: no converged SCF ({why})", file=sys.stderr)
+    for r in rows:
+        if r.get("optimization") and not r["optimization"]["converged"]:
+            failed.append(r)
+            print(f"dixc run: {r['id']}: the geometry did not converge in "
+                  f"{r['optimization']['n_steps']} steps (--opt-maxsteps); results are at the "
+                  "last geometry", file=sys.stderr)  # fmt: skip
     if args.json:
         from dixc.fileio import atomic_path
 
