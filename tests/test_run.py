@@ -180,13 +180,20 @@ def test_bad_inputs(tmp_path):
     assert r.returncode == 2 and "molecule 'oh': has an odd number of electrons" in r.stderr
     r = cli("no_such_functional", good)
     assert r.returncode == 2 and "does not exist" in r.stderr, r.stderr
+    # a TDDFT that cannot run (He in STO-3G has no virtual orbital): listed, the rest is kept
+    he = write(tmp_path, "he", "1\nhelium\nHe 0 0 0\n")
+    out = str(tmp_path / "out.json")
+    r = cli("pbe", he, "--basis", "sto-3g", "--grid-level", "1", "--tddft", "2", "--json", out)
+    assert r.returncode == 1 and "he: no excitations: dixc: he has no virtual orbitals" in r.stderr
+    row = json.load(open(out))["molecules"][0]
+    assert row["converged"] and row["lumo_ev"] is None and "error" in row["excitations"]
+    assert "| he | He | diis" in r.stdout and "failed (see JSON)" in r.stdout
     egxc = str(tmp_path / "egxc.safetensors")
     dixc.functionals.save(dixc.functionals.create("egxc"), egxc)
     r = cli(egxc, good, "--opt")
     assert r.returncode == 2 and "geometry optimisation needs nuclear gradients" in r.stderr
     r = cli("pbe", good, "--basis", "def2-svpx")
     assert r.returncode == 2 and "PySCF does not know the basis 'def2-svpx'" in r.stderr
-    out = str(tmp_path / "out.json")
     r = cli("pbe", good, odd, "--skip-invalid", "--grid-level", "1", "--json", out)
     assert r.returncode == 0, r.stderr
     res = json.load(open(out))

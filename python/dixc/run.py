@@ -305,14 +305,18 @@ def run_molecule(
         from dixc.evaluate.tddft import LinearResponse
 
         method = "tda" if config.tda else "rpa"
-        ex = LinearResponse(ctx, functional, res.mo_coeff).solve(config.n_states, method)
-        f = oscillator_strengths(ctx, ex.mo_coeff.detach(), ex.xy.detach(), ex.e.detach())
-        row["excitations"] = {
-            "method": method,
-            "e_ev": [float(v) for v in ex.e_ev],
-            "f": [float(v) for v in f],
-            "converged": [bool(v) for v in ex.converged],
-        }
+        try:
+            ex = LinearResponse(ctx, functional, res.mo_coeff).solve(config.n_states, method)
+        except ValueError as err:  # no gap / unstable ground state: named, the rest is kept
+            row["excitations"] = {"method": method, "error": str(err)}
+        else:
+            f = oscillator_strengths(ctx, ex.mo_coeff.detach(), ex.xy.detach(), ex.e.detach())
+            row["excitations"] = {
+                "method": method,
+                "e_ev": [float(v) for v in ex.e_ev],
+                "f": [float(v) for v in f],
+                "converged": [bool(v) for v in ex.converged],
+            }
     if config.hybrid:
         from dixc.evaluate.hybrid import hybrid_scf_runs
 
@@ -369,9 +373,52 @@ def _opt_cell(opt: dict[str, Any] | None) -> str:
     return f"{opt['n_steps']}" + ("" if opt["converged"] else " (not converged)")
 
 
+def problems(row: dict[str, Any]) -> list[str]:
+    """What did not work for one molecule (empty when everything asked for converged)."""
+    if not row.get("converged"):
+        why = row.get("error") or "; ".join(row.get("scf_attempts", []))
+        return [f"no converged SCF ({why})"]
+    out = []
+    opt = row.get("optimization")
+    if opt and not opt["converged"]:
+        out.append(f"the geometry did not converge in {opt['n_steps']} steps (--opt-maxsteps); "
+                   "results are at the last geometry")  # fmt: skip
+    ex = row.get("excitations")
+    if ex and "error" in ex:
+        out.append(f"no excitations: {ex['error']}")
+    elif ex and not all(ex["converged"]):
+        out.append(f"{ex['converged'].count(False)} excited state(s) not converged (marked *)")
+    h = row.get("hybrid")
+    for g in ("default", "learned") if h else ():
+        if not h[g]["converged"]:
+            out.append(f"{h['xc']} SCF from the {g} guess did not converge")
+    return out
+
+
+def _excitations_cell(ex: dict[str, Any] | None) -> str:
+    """``omega (f)`` per state; ``*`` marks a state whose Davidson did not converge."""
+    if not ex:
+        return "-"
+    if "error" in ex:
+        return "failed (see JSON)"
+    return ", ".join(
+        f"{e:.3f} ({f:.3f}){'' if ok else '*'}"
+        for e, f, ok in zip(ex["e_ev"], ex["f"], ex["converged"], strict=True)
+    )
+
+
+def _hybrid_cell(h: dict[str, Any] | None) -> str:
+    if not h:
+        return "-"
+    return " / ".join(
+        f"{h[g]['cycles']}{'' if h[g]['converged'] else ' (not converged)'}"
+        for g in ("default", "learned")
+    )
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table of the molecules' results."""
-    n = max((len(r.get("excitations", {}).get("e_ev", [])) for r in rows), default=0)
+    n = max((1 if r.get("excitations") else 0 for r in rows), default=0)
     hyb = any("hybrid" in r for r in rows)
     opt = any("optimization" in r for r in rows)
     head = ["molecule", "formula", "SCF", "E (Eh)", "HOMO (eV)", "gap (eV)", "dipole (D)"]
@@ -399,19 +446,9 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                 f"{r['dipole_norm_debye']:.4f}",
             ]
             if n:
-                ex = r.get("excitations")
-                cells.append(
-                    "-"
-                    if not ex
-                    else ", ".join(
-                        f"{e:.3f} ({f:.3f})" for e, f in zip(ex["e_ev"], ex["f"], strict=True)
-                    )
-                )
+                cells.append(_excitations_cell(r.get("excitations")))
             if hyb:
-                h = r.get("hybrid")
-                cells.append(
-                    "-" if not h else f"{h['default']['cycles']} / {h['learned']['cycles']}"
-                )
+                cells.append(_hybrid_cell(r.get("hybrid")))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -462,7 +499,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """Exit status: 0 all converged, 1 some molecule failed (listed), 2 unusable input."""
+    """Exit status: 0 everything asked for converged, 1 something did not (each listed on
+    stderr by :func:`problems`), 2 unusable input."""
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
@@ -525,16 +563,11 @@ def main(argv: list[str]) -> int:
     print(f"functional: {info['source']} ({info['architecture']}, {config.basis}, grid "
           f"{config.grid_level})")  # fmt: skip
     print(format_table(rows))
-    failed = [r for r in rows if not r.get("converged")]
-    for r in failed:
-        why = r.get("error") or "; ".join(r.get("scf_attempts", []))
-        print(f"dixc run: {r['id']}: no converged SCF ({why})", file=sys.stderr)
+    failed = 0
     for r in rows:
-        if r.get("optimization") and not r["optimization"]["converged"]:
-            failed.append(r)
-            print(f"dixc run: {r['id']}: the geometry did not converge in "
-                  f"{r['optimization']['n_steps']} steps (--opt-maxsteps); results are at the "
-                  "last geometry", file=sys.stderr)  # fmt: skip
+        for msg in problems(r):
+            print(f"dixc run: {r['id']}: {msg}", file=sys.stderr)
+        failed += bool(problems(r))
     if args.json:
         from dixc.fileio import atomic_path
 
