@@ -19,11 +19,13 @@ set -uo pipefail
 
 PYV=3.12
 WHEELS=(pyscf==2.14.0 expecttest==0.3.0)
+PURE=(geometric==1.1.1) # sdist only on PyPI: built here into a py3-none-any wheel
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
   # manylinux wheels of what the device image lacks (its package list: ../.library/device/KINDS.md)
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYV" \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}" || exit 1
+  python3 -m pip wheel -q --no-deps -w .whl "${PURE[@]}" || exit 1
   ls -l .whl
   exit 0
 fi
