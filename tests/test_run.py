@@ -205,3 +205,29 @@ def test_bad_inputs(tmp_path):
     assert r.returncode == 1 and "water: no converged SCF (diis: not converged" in r.stderr
     assert not json.load(open(out))["molecules"][0]["converged"]
     assert not os.path.exists(save)
+
+
+def test_info_describes_functional_files(tmp_path):
+    """``dixc info FILE``: architecture, size, config and the training record; a missing or
+    corrupted file is exit status 2 with the reason."""
+    f = dixc.functionals.create("xcdiff")
+    path = str(tmp_path / "f.safetensors")
+    extra = {"preset": "E+rho+grad+hess", "step": 28, "epoch": 3, "seed": 1, "data": "data/train",
+             "reference_config_hash": "abc", "validation": {"e_mae": 12.5, "e_mae_nscf": 13.0,
+             "rho_l2": 0.02, "n": 3, "nonconv": 0}}  # fmt: skip
+    dixc.functionals.save(f, path, extra=extra)
+    n = sum(p.numel() for p in f.parameters())
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "dixc.cli", "info", path, "pbe"], env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"architecture  xcdiff (MGGA, local), {n:,} parameters" in r.stdout
+    assert "trained       preset E+rho+grad+hess, step 28 (epoch 3), seed 1" in r.stdout
+    assert "validation    E MAE 12.500 mEh (at D* 13.000)" in r.stdout
+    assert "pbe (GGA, local), 0 parameters" in r.stdout
+    with open(path, "r+b") as fh:  # corrupt a byte of the tensor data
+        fh.seek(-3, os.SEEK_END)
+        fh.write(b"\x00\x01\x02")
+    r = subprocess.run([sys.executable, "-m", "dixc.cli", "info", path], env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 2 and "dixc info: error:" in r.stderr, r.stderr

@@ -27,7 +27,7 @@ from dixc.context import MolContext
 from dixc.functionals.base import XCFunctional
 from dixc.xc import XCKernel, _exc_vxc_rho
 
-__all__ = ["RKS", "TorchNumInt"]
+__all__ = ["RKS", "TorchNumInt", "initial_guess"]
 
 
 def _make_libxc_shim(name: str, functional: XCFunctional) -> types.SimpleNamespace:
@@ -248,3 +248,37 @@ def RKS(mol, functional: XCFunctional, device: torch.device | str = "cpu", **kwa
     for k, v in kwargs.items():
         setattr(mf, k, v)
     return mf
+
+
+def initial_guess(
+    mol, functional: XCFunctional, grids=None, device: torch.device | str = "cpu", **kwargs
+) -> np.ndarray:
+    """A converged density of ``functional``, as ``dm0`` for another SCF (e.g. a hybrid).
+
+    ``mf.kernel(dm0=initial_guess(mol, f))`` starts PySCF's SCF from the learned density
+    (``dixc evaluate`` measures the cycles this saves against PySCF's default guess).
+
+    Args:
+        mol: a built closed-shell ``pyscf.gto.Mole``.
+        functional: any dixc functional.
+        grids: a PySCF grid to reuse (e.g. the target SCF's ``mf.grids``); None: level 3.
+        device: torch device of the grid work.
+        **kwargs: attributes of the dixc SCF (default ``conv_tol=1e-9``).
+
+    Returns:
+        ``(nao, nao)`` density matrix.
+
+    Raises:
+        RuntimeError: the SCF with ``functional`` did not converge (the message says so; pass
+            ``max_cycle``, ``level_shift`` or ``damp`` in ``kwargs``).
+    """
+    mf = RKS(mol, functional, device=device, verbose=0, **{"conv_tol": 1e-9, **kwargs})
+    if grids is not None:
+        mf.grids = grids
+    mf.kernel()
+    if not mf.converged:
+        raise RuntimeError(
+            f"dixc: the SCF with {type(functional).__name__} did not converge in {mf.max_cycle} "
+            "cycles; pass max_cycle=..., level_shift=... or damp=... to initial_guess"
+        )
+    return np.asarray(mf.make_rdm1())

@@ -66,16 +66,16 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> str:
             if os.path.isfile(f):
                 return f
         raise CheckpointError(
-            f"dixc evaluate: checkpoint directory {p!r} holds neither best.safetensors nor "
+            f"dixc: checkpoint directory {p!r} holds neither best.safetensors nor "
             "last.safetensors; pass a training output directory of `dixc train` (it writes them) "
             "or a functional file directly"
         )
     if not os.path.exists(p):
         raise CheckpointError(
-            f"dixc evaluate: checkpoint {p!r} does not exist; pass a functional file "
-            "(*.safetensors written by `dixc train` or dixc.functionals.save), a training output "
-            "directory holding best.safetensors or last.safetensors, or --functional NAME for a "
-            f"classical baseline ({', '.join(_classical_names())})"
+            f"dixc: checkpoint {p!r} does not exist; pass a functional file (*.safetensors "
+            "written by `dixc train` or dixc.functionals.save), a training output directory "
+            "holding best.safetensors or last.safetensors, or a classical functional's name "
+            f"({', '.join(_classical_names())}; `dixc evaluate --functional NAME`)"
         )
     return p
 
