@@ -188,7 +188,8 @@ class TorchNumInt(numint.NumInt):
             raise NotImplementedError(
                 f"dixc: {self.name} is nonlocal; pointwise eval_xc_eff does not apply, and so "
                 "neither do PySCF code paths built on it (nuclear gradients, geometry "
-                "optimisation); SCF, TDDFT, CPHF and stability analysis do"
+                "optimisation: EG-XC's pair basis around the nuclei is not differentiated with "
+                "respect to their positions); SCF, TDDFT, CPHF and stability analysis do"
             )
         if spin != 0:
             raise NotImplementedError("dixc: TorchNumInt is closed-shell restricted only")
