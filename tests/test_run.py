@@ -207,6 +207,35 @@ def test_bad_inputs(tmp_path):
     assert not os.path.exists(save)
 
 
+def test_json_is_written_per_molecule_and_resume_skips_what_is_done(tmp_path):
+    """--json is complete after every molecule; --resume keeps the converged rows of the same
+    functional and settings (not recomputed: their wall time stays), computes the rest, and
+    refuses a file made with another functional or other settings."""
+    a = write(tmp_path, "water", WATER)
+    b = write(tmp_path, "oh", HYDROXIDE)
+    out = str(tmp_path / "out.json")
+    common = ("--grid-level", "1", "--json", out)
+    r = cli("pbe", a, b, *common)
+    assert r.returncode == 0, r.stderr
+    full = json.load(open(out))
+    assert [m["id"] for m in full["molecules"]] == ["water", "oh"]
+    cut = dict(full, molecules=full["molecules"][:1])  # as if killed during the second molecule
+    with open(out, "w") as fh:
+        json.dump(cut, fh)
+    r = cli("pbe", a, b, *common, "--resume")
+    assert r.returncode == 0, r.stderr
+    res = json.load(open(out))
+    assert res["molecules"][0] == full["molecules"][0]  # kept as it was, wall time included
+    assert res["molecules"][1]["wall_s"] != full["molecules"][1]["wall_s"]  # computed again
+    assert abs(res["molecules"][1]["energy"] - full["molecules"][1]["energy"]) < 1e-9
+    r = cli("blyp", a, b, *common, "--resume")
+    assert r.returncode == 2 and "holds results of another functional" in r.stderr
+    r = cli("pbe", a, b, "--grid-level", "2", "--json", out, "--resume")
+    assert r.returncode == 2 and "computed with other settings" in r.stderr
+    r = cli("pbe", a, "--resume")
+    assert r.returncode == 2 and "--resume needs --json FILE" in r.stderr
+
+
 def test_info_describes_functional_files(tmp_path):
     """``dixc info FILE``: architecture, size, config and the training record; a missing or
     corrupted file is exit status 2 with the reason."""

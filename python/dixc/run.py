@@ -488,7 +488,18 @@ def _parser() -> argparse.ArgumentParser:
         help="first optimise the geometry (geomeTRIC; local functionals; exact J)",
     )
     p.add_argument("--opt-maxsteps", type=int, default=d.opt_maxsteps)
-    p.add_argument("--json", default=None, metavar="FILE", help="write every result as JSON")
+    p.add_argument(
+        "--json",
+        default=None,
+        metavar="FILE",
+        help="write every result as JSON (rewritten atomically after each molecule)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip molecules whose results --json FILE already holds (same functional and "
+        "settings; failed ones are computed again)",
+    )
     p.add_argument("--save", default=None, metavar="DIR", help="write DIR/<id>.npz orbitals")
     p.add_argument("--skip-invalid", action="store_true", help="skip invalid molecules")
     p.add_argument("--device", default=d.device)
@@ -548,18 +559,39 @@ def main(argv: list[str]) -> int:
     except (CheckpointError, InvalidMoleculeError, ValueError, FileNotFoundError) as err:
         print(f"dixc run: error: {err}", file=sys.stderr)
         return 2
-    rows = []
+    header = {
+        "functional": info["source"],
+        "architecture": info["architecture"],
+        "functional_sha256": _sha256(info),
+        "config": dataclasses.asdict(config),
+    }
+    done: dict[str, dict[str, Any]] = {}
+    if args.resume:
+        try:
+            done = _resumable_rows(args.json, header)
+        except ValueError as err:
+            print(f"dixc run: error: {err}", file=sys.stderr)
+            return 2
+    rows: list[dict[str, Any]] = []
     for m in tqdm(mols, desc="dixc run", unit="mol", disable=args.no_progress):
+        if m.id in done:
+            rows.append(done[m.id])
+            continue
         try:
             row, arrays = run_molecule(m, functional, config)
         except (ValueError, FloatingPointError, RuntimeError) as err:
             log.error("%s: %s", m.id, err)
-            rows.append({"id": m.id, "formula": m.formula, "converged": False, "error": str(err)})
-            continue
+            row, arrays = (
+                {"id": m.id, "formula": m.formula, "converged": False, "error": str(err)},
+                None,
+            )
         if arrays is not None and args.save:
             row["saved"] = save_arrays(args.save, m.id, row, arrays)
         rows.append(row)
-        log.info("%s: E = %.8f Eh (%s)", m.id, row["energy_scf"], row["scf_strategy"])
+        if row.get("converged"):
+            log.info("%s: E = %.8f Eh (%s)", m.id, row["energy_scf"], row["scf_strategy"])
+        if args.json:  # after every molecule: a killed run loses at most the one in progress
+            _write_json(args.json, {**header, "molecules": rows, "skipped": skipped})
     print(f"functional: {info['source']} ({info['architecture']}, {config.basis}, grid "
           f"{config.grid_level})")  # fmt: skip
     print(format_table(rows))
@@ -569,15 +601,58 @@ def main(argv: list[str]) -> int:
             print(f"dixc run: {r['id']}: {msg}", file=sys.stderr)
         failed += bool(problems(r))
     if args.json:
-        from dixc.fileio import atomic_path
-
-        out = {
-            "functional": info["source"],
-            "architecture": info["architecture"],
-            "config": dataclasses.asdict(config),
-            "molecules": rows,
-            "skipped": skipped,
-        }
-        with atomic_path(args.json) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(out, fh, indent=1)
+        _write_json(args.json, {**header, "molecules": rows, "skipped": skipped})
     return 1 if failed else 0
+
+
+def _sha256(info: dict[str, Any]) -> str | None:
+    """The functional file's weights checksum (None for a classical functional)."""
+    if info.get("path") is None:
+        return None
+    from dixc.functionals import read_metadata
+
+    return read_metadata(info["path"]).get("sha256")
+
+
+def _write_json(path: str, out: dict[str, Any]) -> None:
+    from dixc.fileio import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(out, fh, indent=1)
+
+
+def _resumable_rows(path: str | None, header: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Rows of an earlier ``--json`` file made with the same functional and settings.
+
+    Raises:
+        ValueError: no ``--json``, an unreadable file, or another functional / settings.
+    """
+    if not path:
+        raise ValueError("--resume needs --json FILE (the results to continue)")
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            old = json.load(fh)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"cannot read {path} to resume ({err}); remove it or drop --resume"
+        ) from err
+
+    def settings(h: dict[str, Any]) -> dict[str, Any]:  # the device does not change results
+        return {k: v for k, v in (h.get("config") or {}).items() if k != "device"}
+
+    if settings(old) != settings(header):
+        raise ValueError(
+            f"{path} holds results computed with other settings; write to another --json FILE "
+            "or drop --resume"
+        )
+    same = old.get("functional_sha256") == header["functional_sha256"] and (
+        header["functional_sha256"] is not None or old.get("functional") == header["functional"]
+    )
+    if not same:
+        raise ValueError(
+            f"{path} holds results of another functional ({old.get('functional')}); write to "
+            "another --json FILE or drop --resume"
+        )
+    return {r["id"]: r for r in old.get("molecules", []) if r.get("converged")}
