@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def describe_functional(spec: str) -> str:
     """What a functional file (or training directory, or classical name) holds, as text."""
-    from dixc import functionals
     from dixc.evaluate.core import load_checkpoint
 
     _, info = load_checkpoint(spec)  # verifies the file (checksum, architecture, shapes)
@@ -91,13 +90,10 @@ def describe_functional(spec: str) -> str:
     ]
     if info["path"] is None:
         return "\n".join([*lines, "  classical functional (no trained parameters)"])
-    meta = functionals.read_metadata(info["path"])
-    cfg = ", ".join(f"{k}={v}" for k, v in sorted(meta.get("config", {}).items()))
+    cfg = ", ".join(f"{k}={v}" for k, v in sorted(info["config"].items()))
     lines.append(f"  config        {cfg}")
-    lines.append(
-        f"  written by    dixc {meta.get('dixc_version')}, torch {meta.get('torch_version')}"
-    )
-    ex = meta.get("extra", {})
+    lines.append(f"  written by    dixc {info['dixc_version']}, torch {info['torch_version']}")
+    ex = info["extra"]
     if ex:
         lines.append(
             f"  trained       preset {ex.get('preset', '?')}, step {ex.get('step', '?')} (epoch "

@@ -209,22 +209,8 @@ def valid_molecules(
     return keep, invalid
 
 
-def read_xyz(paths: Sequence[str], skip_invalid: bool = False) -> list[Molecule]:
-    """Molecules of xyz / extended-xyz files and directories; with ``skip_invalid`` a path that
-    cannot be read is logged and skipped (else its error is raised)."""
-    if not skip_invalid:
-        return xyz_molecules(paths)
-    mols = []
-    for p in paths:
-        try:
-            mols += xyz_molecules(p)
-        except InvalidMoleculeError as err:
-            log.warning("skipping unreadable input: %s", err)
-    return mols
-
-
 def _read_xyz_sources(cfg: GenerateConfig) -> list[Molecule]:
-    mols = read_xyz(cfg.source, cfg.skip_invalid)
+    mols = xyz_molecules(cfg.source, skip_unreadable=cfg.skip_invalid)
     if cfg.subset is not None and cfg.subset < len(mols):
         rng = np.random.default_rng(cfg.subset_seed)
         mols = [mols[k] for k in np.sort(rng.choice(len(mols), cfg.subset, replace=False))]

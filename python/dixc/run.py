@@ -31,11 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from dixc.sources import InvalidMoleculeError, Molecule
+from dixc.evaluate.tddft import HARTREE2EV
+from dixc.sources import InvalidMoleculeError, Molecule, xyz_molecules
 
 log = logging.getLogger("dixc.run")
-
-HARTREE2EV = 27.211386245988  # CODATA 2018, as PySCF's nist.HARTREE2EV
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +241,7 @@ def run_molecule(
     """
     from dixc.context import MolContext
     from dixc.evaluate.core import learned_scf
-    from dixc.evaluate.metrics import dipole
+    from dixc.evaluate.metrics import coulomb_consistent_energy, dipole
     from dixc.reference import build_mole
 
     t0 = time.perf_counter()
@@ -290,10 +289,7 @@ def run_molecule(
     if config.coulomb == "df":  # at the same density, the Coulomb energy with exact integrals
         from pyscf.scf import hf
 
-        d = dm.cpu().numpy()
-        vj = hf.get_jk(mol, d, hermi=1, with_k=False)[0]
-        ej_df = 0.5 * float(torch.einsum("ij,ji->", ctx.get_j(dm), dm))
-        row["energy"] = row["energy_scf"] - ej_df + 0.5 * float(np.einsum("ij,ji->", vj, d))
+        row["energy"] = coulomb_consistent_energy(hf.RHF(mol), ctx, row["energy_scf"], dm)
     mo_e = res.mo_energy.detach().cpu().numpy()
     row["homo_ev"] = float(mo_e[nocc - 1] * HARTREE2EV)
     row["lumo_ev"] = float(mo_e[nocc] * HARTREE2EV) if mo_e.size > nocc else None
@@ -521,7 +517,7 @@ def main(argv: list[str]) -> int:
     from tqdm import tqdm
 
     from dixc.evaluate.core import CheckpointError, load_checkpoint
-    from dixc.generate import read_xyz, valid_molecules
+    from dixc.generate import valid_molecules
     from dixc.reference import check_basis_names, check_xc
 
     config = RunConfig(
@@ -551,7 +547,7 @@ def main(argv: list[str]) -> int:
         if config.hybrid:
             check_xc(config.hybrid)
         mols, invalid = valid_molecules(
-            read_xyz(args.xyz, args.skip_invalid),
+            xyz_molecules(args.xyz, skip_unreadable=args.skip_invalid),
             config.reference_config(),
             skip_invalid=args.skip_invalid,
         )
@@ -562,7 +558,7 @@ def main(argv: list[str]) -> int:
     header = {
         "functional": info["source"],
         "architecture": info["architecture"],
-        "functional_sha256": _sha256(info),
+        "functional_sha256": info.get("sha256"),
         "config": dataclasses.asdict(config),
     }
     done: dict[str, dict[str, Any]] = {}
@@ -597,21 +593,13 @@ def main(argv: list[str]) -> int:
     print(format_table(rows))
     failed = 0
     for r in rows:
-        for msg in problems(r):
+        msgs = problems(r)
+        for msg in msgs:
             print(f"dixc run: {r['id']}: {msg}", file=sys.stderr)
-        failed += bool(problems(r))
+        failed += bool(msgs)
     if args.json:
         _write_json(args.json, {**header, "molecules": rows, "skipped": skipped})
     return 1 if failed else 0
-
-
-def _sha256(info: dict[str, Any]) -> str | None:
-    """The functional file's weights checksum (None for a classical functional)."""
-    if info.get("path") is None:
-        return None
-    from dixc.functionals import read_metadata
-
-    return read_metadata(info["path"]).get("sha256")
 
 
 def _write_json(path: str, out: dict[str, Any]) -> None:

@@ -345,8 +345,14 @@ def read_xyz(path: str | os.PathLike) -> list[Molecule]:
 XYZ_SUFFIXES = (".xyz", ".extxyz")
 
 
-def xyz_molecules(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Molecule]:
+def xyz_molecules(
+    paths: str | os.PathLike | Sequence[str | os.PathLike], skip_unreadable: bool = False
+) -> list[Molecule]:
     """Molecules from xyz / extxyz files and directories of them (top level, sorted by name).
+
+    Args:
+        paths: files and directories.
+        skip_unreadable: log and skip a path whose files cannot be read instead of raising.
 
     Raises:
         FileNotFoundError: a path does not exist or a directory holds no xyz files.
@@ -354,6 +360,14 @@ def xyz_molecules(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    if skip_unreadable:
+        mols: list[Molecule] = []
+        for p in paths:
+            try:
+                mols += xyz_molecules(p)
+            except InvalidMoleculeError as err:
+                log.warning("skipping unreadable input: %s", err)
+        return mols
     files: list[str] = []
     for p in map(os.fspath, paths):
         if os.path.isdir(p):

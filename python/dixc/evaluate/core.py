@@ -122,6 +122,8 @@ def load_checkpoint(
             info["path"] = os.path.abspath(path)
             info["extra"] = meta.get("extra", {})
             info["dixc_version"] = meta.get("dixc_version")
+            info["torch_version"] = meta.get("torch_version")
+            info["sha256"] = meta.get("sha256")
     f = f.to(device=device)
     info["architecture"] = getattr(f, "arch_name", None) or type(f).__name__
     info["config"] = _jsonable(getattr(f, "config", {}))
