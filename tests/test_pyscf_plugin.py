@@ -15,6 +15,7 @@ from pyscf import dft, gto
 
 import dixc.functionals
 from _ks import AsNonlocal
+from _util import EGXC_SMALL
 from dixc import pyscf_plugin
 from dixc.molecules import mole
 
@@ -50,24 +51,28 @@ def test_scf_equals_native_pbe(name):
 
 @pytest.mark.parametrize("kind", ["TDA", "TDDFT"])
 def test_tddft_equals_native_pbe(kind):
-    """Same Davidson path as PySCF's native PBE (operators agree to ~1e-12): 1e-6 eV.
-
-    (QM9 acetamide, measured once: 1.5e-12 eV TDA, 5.9e-12 eV full; too slow for CI.)
-    """
+    """At the same orbitals, the response operator PySCF builds from the dixc functional (its whole
+    matrix, applied to the identity) equals the one from libxc PBE to 1e-10 Eh (measured 2e-14);
+    PySCF's Davidson on the dixc object then gives the lowest excitation energies of the exact
+    diagonalisation to 1e-6 eV (measured 2e-11). (Davidson against Davidson is not compared: its
+    convergence flags flip on rounding-level differences near a tight conv_tol, seen for native
+    and dixc operators alike.)"""
     mol, ref = native("water", "PBE")
     mf = dixc_mf(mol, ref, dixc.functionals.create("pbe"))
-    mf.kernel()
-    td_ref = getattr(ref, kind)()
-    td_ref.nstates, td_ref.conv_tol = 3, 1e-8
-    td_ref.kernel()
+    mf.mo_coeff, mf.mo_energy, mf.mo_occ = ref.mo_coeff, ref.mo_energy, ref.mo_occ
+    mats = []
+    for m in (ref, mf):
+        vind, hdiag = getattr(m, kind)().gen_vind()
+        mats.append(vind(np.eye(hdiag.size)))
+    assert np.abs(mats[1] - mats[0]).max() < 1e-10
+    w = np.sort(np.linalg.eigvals(mats[0]).real)
+    w = w[w > 0][:3]
+    exact = np.sqrt(w) if kind == "TDDFT" else w  # PySCF's pure-DFT TDDFT matrix gives omega^2
     td = getattr(mf, kind)()
-    td.nstates, td.conv_tol = 3, 1e-8
+    td.nstates = 3
     td.kernel()
-    # Davidson's per-state "converged" flag flips on rounding-level differences near conv_tol
-    # (seen for both native and dixc operators), so the energies are what is compared.
-    assert all(td_ref.converged)
-    err_ev = np.abs(td.e - td_ref.e).max() * HARTREE2EV
-    assert err_ev < 1e-6, (kind, err_ev)
+    assert all(td.converged)
+    assert np.abs(td.e - exact).max() * HARTREE2EV < 1e-6
 
 
 def test_newton_solver_and_stability_with_dixc_functional():
@@ -104,15 +109,59 @@ def test_nonlocal_functional_runs_through_full_grid_path():
 
 
 def test_nuclear_gradients_equal_native_pbe():
-    """PySCF's analytic nuclear gradients run on the drop-in (eval_xc_eff): PBE's equal libxc
-    PBE's, with and without the grid response, to 1e-9 Eh/Bohr (measured 1e-14)."""
+    """PySCF's analytic nuclear gradients on the drop-in (XC terms from dixc.nuclear_grad): PBE's
+    equal libxc PBE's, with and without the grid response, with exact and density-fitted J, and
+    through the generic nonlocal path (PBE declared nonlocal; grid response), to 1e-9 Eh/Bohr
+    (measured 1e-14)."""
     mol, ref = native("water", "PBE")
-    mf = dixc_mf(mol, ref, dixc.functionals.create("pbe"))
+    pbe = dixc.functionals.create("pbe")
+    for df in (False, True):
+        r = ref.density_fit() if df else ref
+        if df:
+            r.kernel()
+        cases = [(pbe, False), (pbe, True), (AsNonlocal(pbe), True)]
+        for functional, grid_response in cases:
+            mf = dixc_mf(mol, ref, functional)
+            mf = mf.density_fit() if df else mf
+            mf.kernel()
+            assert mf.with_df.auxbasis == r.with_df.auxbasis if df else True
+            g_ref, g = r.nuc_grad_method(), mf.nuc_grad_method()
+            g_ref.grid_response = g.grid_response = grid_response
+            # at the reference's orbitals: only the XC terms' arithmetic differs
+            mo = dict(mo_energy=r.mo_energy, mo_coeff=r.mo_coeff, mo_occ=r.mo_occ)
+            err = np.abs(g.kernel(**mo) - g_ref.kernel()).max()
+            assert err < 1e-9, (df, type(functional).__name__, grid_response, err)
+
+
+@pytest.mark.parametrize("name", ["lda", "pbe", "xcdiff"])
+def test_xc_gradient_terms_equal_pyscf_pointwise_path(name, monkeypatch):
+    """dixc's XC gradient terms (whole-grid autograd, eval_ao to second order, one contraction
+    per block) equal PySCF's own get_vxc / get_vxc_full_response fed pointwise by the same local
+    functional (eval_xc_eff), LDA, GGA and a learned meta-GGA: 1e-11 (measured ~1e-14). Small
+    blocks and recomputed (not kept) weight derivatives change nothing (MGGA case)."""
+    from pyscf.grad import rks as rks_grad
+
+    from dixc import nuclear_grad
+
+    if name == "xcdiff":
+        monkeypatch.setattr(nuclear_grad, "_WEIGHT_DERIV_MB", 0.0)
+        monkeypatch.setattr(nuclear_grad, "_AO_BLOCK_MB", 0.5)
+
+    torch.manual_seed(3)
+    f = dixc.functionals.create(name)
+    mol = mole("water", "def2-svp")
+    mf = pyscf_plugin.RKS(mol, f, verbose=0)
+    mf.grids.level = 2
     mf.kernel()
-    for grid_response in (False, True):
-        g_ref, g = ref.nuc_grad_method(), mf.nuc_grad_method()
-        g_ref.grid_response = g.grid_response = grid_response
-        assert np.abs(g.kernel() - g_ref.kernel()).max() < 1e-9
+    dm = mf.make_rdm1()
+    for fn in (rks_grad.get_vxc, rks_grad.get_vxc_full_response):
+        exc1, vmat = fn(mf._numint, mol, mf.grids, mf.xc, dm)
+        exc1_ref, vmat_ref = fn._dixc_original(mf._numint, mol, mf.grids, mf.xc, dm)
+        assert np.abs(vmat - vmat_ref).max() < 1e-11
+        if exc1_ref is None:
+            assert exc1 is None
+        else:
+            assert np.abs(exc1 - exc1_ref).max() < 1e-11
 
 
 def test_nuclear_gradient_of_learned_mgga_equals_finite_differences():
@@ -152,11 +201,53 @@ def test_nuclear_gradient_of_learned_mgga_equals_finite_differences():
         assert (err < 1e-7) == ok, (grid_response, err)
 
 
-def test_nuclear_gradients_of_a_nonlocal_functional_are_refused():
+def test_nuclear_gradient_of_egxc_equals_finite_differences():
+    """EG-XC (nonlocal; parameters moved off their initialisation, so its nuclei-centred embedding,
+    atom graph, decoding and readout all depend on the nuclear positions) through the drop-in:
+    the analytic gradient with the grid response, projected on a random unit direction, equals the
+    Richardson-extrapolated central difference of the SCF energy (steps 2e-3, 1e-3 Bohr, grids
+    rebuilt at every geometry) to 1e-7 relative to max |g| (measured 1e-10). Without the explicit
+    nuclear terms the same check fails (3e-2 off; measured by hand), and the gradient is far from
+    PBE's (the initialisation), which the test also sees."""
+    torch.manual_seed(5)
+    f = dixc.functionals.create("egxc", **EGXC_SMALL)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in f.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    mol0 = mole("water", "def2-svp")
+    r0 = mol0.atom_coords()
+    u = np.random.default_rng(1).standard_normal(r0.shape)
+    u /= np.linalg.norm(u)
+
+    def scf(r, functional=f):
+        mol = mol0.set_geom_(r, unit="Bohr", inplace=False)
+        mf = pyscf_plugin.RKS(mol, functional, conv_tol=1e-13, conv_tol_grad=1e-8, verbose=0)
+        mf.grids.level = 2
+        e = mf.kernel()
+        assert mf.converged
+        return mf, e
+
+    def central(h):
+        return (scf(r0 + h * u)[1] - scf(r0 - h * u)[1]) / (2 * h)
+
+    fd = (4 * central(1e-3) - central(2e-3)) / 3
+    mf, _ = scf(r0)
+    g = mf.nuc_grad_method()
+    g.grid_response = True
+    ga = g.kernel()
+    assert abs(float((ga * u).sum()) - fd) < 1e-7 * np.abs(ga).max()
+    pbe = scf(r0, dixc.functionals.create("pbe"))[0].nuc_grad_method()
+    pbe.grid_response = True
+    assert np.abs(pbe.kernel() - ga).max() > 1e-3
+
+
+def test_nonlocal_gradient_without_grid_response_is_refused_clearly():
     mol, ref = native("water", "PBE")
     mf = dixc_mf(mol, ref, AsNonlocal(dixc.functionals.create("pbe")))
     mf.kernel()
-    with pytest.raises(NotImplementedError, match=r"nonlocal.*nuclear gradients"):
+    with pytest.raises(NotImplementedError, match=r"nonlocal functional AsNonlocal need the grid "
+                                                  r"response.*grid_response = True"):  # fmt: skip
         mf.nuc_grad_method().kernel()
 
 

@@ -13,6 +13,13 @@ runs unchanged::
 The functional may be nonlocal (its energy needs the whole grid): V_xc and f_xc are computed on
 the full grid at once, never point block by point block. Closed-shell restricted only: open-shell
 entry points and triplet response raise ``NotImplementedError``.
+
+Analytic nuclear gradients (``mf.nuc_grad_method()``, also with ``density_fit()``, and so
+geometry optimisation through ``pyscf.geomopt``) take their XC terms from
+:mod:`dixc.nuclear_grad` for every dixc functional, local or nonlocal: importing this module
+routes ``pyscf.grad.rks.get_vxc`` and ``get_vxc_full_response`` to dixc when, and only when, the
+``NumInt`` is a :class:`TorchNumInt`; every other functional runs PySCF's own code. A nonlocal
+functional needs the grid response (``grad.grid_response = True``; see that module).
 """
 
 from __future__ import annotations
@@ -179,6 +186,28 @@ class TorchNumInt(numint.NumInt):
             )
         return self.nr_rks_fxc(mol, grids, xc_code, dm0, np.asarray(dms_alpha), 0, 0)
 
+    # ---- nuclear gradients --------------------------------------------------------------------
+    def nuc_grad_terms(self, mol, grids, dms, grid_response: bool):
+        """``(exc1 (natm, 3), vmat (3, nao, nao))`` of :func:`dixc.nuclear_grad.xc_gradient_terms`
+        (PySCF's ``get_vxc[_full_response]`` contract)."""
+        from dixc.nuclear_grad import xc_gradient_terms
+
+        if not (grid_response or self.functional.is_local):
+            raise NotImplementedError(
+                f"dixc: nuclear gradients of the nonlocal functional {self.name} need the grid "
+                "response (without it PySCF drops the terms in which the functional reads the "
+                "grid and the nuclear positions): set grad.grid_response = True on "
+                "mf.nuc_grad_method()"
+            )
+        dm = np.asarray(dms)
+        if dm.ndim == 3 and dm.shape[0] == 1:
+            dm = dm[0]
+        if dm.ndim != 2:
+            raise NotImplementedError("dixc: TorchNumInt is closed-shell restricted only")
+        exc1, vmat = xc_gradient_terms(mol, grids, self.functional, dm, grid_response,
+                                       device=self.device)  # fmt: skip
+        return (exc1 if grid_response else None), vmat
+
     # ---- pointwise evaluation, for PySCF code paths that call libxc-style APIs directly -------
     def eval_xc_eff(self, xc_code, rho, deriv=1, omega=None, xctype=None, spin=0,
                     verbose=None):  # fmt: skip
@@ -187,9 +216,8 @@ class TorchNumInt(numint.NumInt):
         if not f.is_local:
             raise NotImplementedError(
                 f"dixc: {self.name} is nonlocal; pointwise eval_xc_eff does not apply, and so "
-                "neither do PySCF code paths built on it (nuclear gradients, geometry "
-                "optimisation: EG-XC's pair basis around the nuclei is not differentiated with "
-                "respect to their positions); SCF, TDDFT, CPHF and stability analysis do"
+                "neither do PySCF code paths built on it (e.g. analytic Hessians); SCF, TDDFT, "
+                "CPHF, stability analysis and nuclear gradients (dixc.nuclear_grad) do"
             )
         if spin != 0:
             raise NotImplementedError("dixc: TorchNumInt is closed-shell restricted only")
@@ -223,6 +251,46 @@ class TorchNumInt(numint.NumInt):
     nr_uks = nr_uks_fxc = nr_rks_fxc_st_triplet = _closed_shell_only
 
 
+def _route_gradients() -> None:
+    """Sends PySCF's XC gradient functions to :meth:`TorchNumInt.nuc_grad_terms` for dixc
+    functionals (both PySCF's plain and density-fitted RKS gradients look them up there)."""
+    from pyscf.grad import rks as rks_grad
+
+    def route(name: str, grid_response: bool) -> None:
+        original = getattr(rks_grad, name)
+        if getattr(original, "_dixc_route", False):
+            return
+
+        def routed(ni, mol, grids, xc_code, dms, *args, **kwargs):
+            if isinstance(ni, TorchNumInt):
+                return ni.nuc_grad_terms(mol, grids, dms, grid_response)
+            return original(ni, mol, grids, xc_code, dms, *args, **kwargs)
+
+        routed._dixc_route = True  # type: ignore[attr-defined]
+        routed._dixc_original = original  # type: ignore[attr-defined]
+        routed.__doc__ = original.__doc__
+        setattr(rks_grad, name, routed)
+
+    route("get_vxc", False)
+    route("get_vxc_full_response", True)
+
+
+_route_gradients()
+
+
+class _RKS(rks.RKS):
+    """PySCF's RKS with one change: ``density_fit()`` without an auxiliary basis picks the one
+    PySCF picks for a semilocal functional (PySCF would look the dixc name up in libxc)."""
+
+    def density_fit(self, auxbasis=None, with_df=None, only_dfj=False):
+        if auxbasis is None and with_df is None and isinstance(self.mol.basis, str):
+            from pyscf.df.addons import predefined_auxbasis
+
+            # no exact exchange: the same choice as for any pure functional
+            auxbasis = predefined_auxbasis(self.mol, self.mol.basis, "PBE")
+        return super().density_fit(auxbasis, with_df, only_dfj)
+
+
 def RKS(mol, functional: XCFunctional, device: torch.device | str = "cpu", **kwargs):
     """A ``pyscf.dft.RKS`` running a dixc functional.
 
@@ -242,7 +310,7 @@ def RKS(mol, functional: XCFunctional, device: torch.device | str = "cpu", **kwa
             "functionals are closed-shell restricted. Use a closed-shell molecule (set mol.charge "
             "so that the electron count is even, mol.spin = 0)."
         )
-    mf = rks.RKS(mol)
+    mf = _RKS(mol)
     ni = TorchNumInt(functional, device=device)
     mf._numint = ni
     mf.xc = f"dixc:{ni.name}"

@@ -56,7 +56,7 @@ class RunConfig:
             the learned density, or None.
         device: torch device of the Kohn-Sham engine.
         optimize: first optimise the geometry (geomeTRIC through PySCF, with the functional's
-            analytic nuclear gradients including the grid response; local functionals only).
+            analytic nuclear gradients including the grid response; local or nonlocal).
         opt_maxsteps: geometry steps at most.
     """
 
@@ -133,12 +133,7 @@ format=%(message)s
 """
 
 
-def _check_optimizable(functional, name: str) -> None:
-    if not functional.is_local:
-        raise ValueError(
-            "dixc: geometry optimisation needs nuclear gradients, which dixc has for local "
-            f"functionals only ({name} is nonlocal)"
-        )
+def _check_optimizable() -> None:
     try:
         import geometric  # noqa: F401
     except ImportError as err:
@@ -155,6 +150,7 @@ def optimize_geometry(
     geomeTRIC (through ``pyscf.geomopt``) with PySCF's SCF and analytic nuclear gradients on
     ``functional`` as a drop-in (``dixc.pyscf_plugin``; exact J; the grid moves with the atoms and
     its response is included, so the gradient is the derivative of the energy being minimised).
+    Local and nonlocal functionals alike (:mod:`dixc.nuclear_grad`).
 
     Returns:
         ``(molecule at the last geometry, info)``: info has ``converged`` (geomeTRIC's criteria:
@@ -162,15 +158,15 @@ def optimize_geometry(
         counterparts), ``n_steps``, per-step ``energies`` and ``grad_max``, ``coords_angstrom``.
 
     Raises:
-        ValueError: a nonlocal functional, an SCF that does not converge on the way, or no
-            geomeTRIC installed (messages name the fix).
+        ValueError: an SCF that does not converge on the way, or no geomeTRIC installed
+            (messages name the fix).
     """
     import tempfile
 
     from dixc import pyscf_plugin
     from dixc.reference import build_mole
 
-    _check_optimizable(functional, type(functional).__name__)
+    _check_optimizable()
     from pyscf.geomopt.geometric_solver import kernel as geometric_kernel
 
     mol = build_mole(molecule, config.reference_config())
@@ -543,7 +539,7 @@ def main(argv: list[str]) -> int:
         functional, info = load_checkpoint(args.functional, device=args.device)
         check_basis_names(config.reference_config())
         if config.optimize:
-            _check_optimizable(functional, info["architecture"])
+            _check_optimizable()
         if config.hybrid:
             check_xc(config.hybrid)
         mols, invalid = valid_molecules(

@@ -91,6 +91,13 @@ step is smooth, so values and first and second derivatives are finite everywhere
 rho = 0, grad rho = 0, tau = 0, rho = 1e-30, and dE_xc/d rho(r) = 0 wherever rho(r) = 0 (no
 potential without density, although the functional is nonlocal).
 
+Geometry derivatives (nuclear gradients): when the grid's ``coords``, ``weights`` or
+``atom_coords`` require grad, E_xc is differentiable w.r.t. them (first order): the pair maps
+then pull their derivative back through the pair basis of r_g - R_a block by block
+(:meth:`PairStructure.geometry_vjp`), and the atom graph and the readout normaliser are
+recomputed with autograd instead of taken from the caches. :mod:`dixc.nuclear_grad` uses this for
+the explicit nuclear terms of the analytic gradient.
+
 Defaults: n_radial = 16 radial functions (K = 64 per pair with l <= 1), channels F = 32 (PaiNN
 scalars and vectors), 3 PaiNN layers, nl_channels = 16 decoded features, cutoff = 5 Bohr
 (integration and decoding), gnn_cutoff = 6 Bohr (atom graph), local and reweighting MLPs 2 x 32
@@ -162,6 +169,14 @@ def _radial(x: Tensor, n: int, envelope: bool = True) -> Tensor:
     scale = env / torch.where(at_zero, torch.ones_like(t), t)  # f_env / t
     inv_k = 1.0 / torch.arange(1, n + 1, dtype=x.dtype, device=x.device)
     return sin_kt.imag * (scale[:, None] * inv_k) + (env * at_zero)[:, None]
+
+
+def _radial_smooth(x: Tensor, n: int, envelope: bool = True) -> Tensor:
+    """The same phi_k(x) as :func:`_radial`, written with ``torch.sinc`` so that autograd gives
+    its derivative w.r.t. x (nuclear gradients: the basis moves with the points and atoms)."""
+    k = torch.arange(1, n + 1, dtype=x.dtype, device=x.device)
+    j0 = torch.sinc(x[:, None] * k)  # sinc(z) = sin(pi z) / (pi z)
+    return j0 * _envelope(x)[:, None] if envelope else j0
 
 
 def _morton_order(coords: Tensor, h: float) -> Tensor:
@@ -313,6 +328,37 @@ class PairStructure:
             out.index_add_(0, idx, yb)
         return out.reshape(self.ngrid, bt, nf).permute(1, 0, 2)
 
+    def geometry_vjp(self, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        """dL/d(point, atom positions) of L = sum_{g,a,k,c} B[g,a,k] p[g,c] q[a,k,c].
+
+        Both pair maps reduce to this form: for gather (X = B^T y) p = y and q = dL/dX; for
+        scatter (y = B X) p = dL/dy and q = X. Block by block, G = p[idx] q[atom]^T ``(n_b, K)``
+        is pulled back through the basis of d = r_g - R_a (recomputed with autograd; bounded
+        memory). Used by nuclear gradients only (first order).
+
+        Args:
+            p: ``(ngrid, C)``; q: ``(natm, K, C)``.
+
+        Returns:
+            ``(dL/d coords (ngrid, 3), dL/d atom_coords (natm, 3))``.
+        """
+        g_pts = p.new_zeros(self.ngrid, 3)
+        g_atm = p.new_zeros(self.natm, 3)
+        coords, atoms = self.coords.to(p.dtype), self.atom_coords.to(p.dtype)
+        for atom, idx in self.blocks:
+            gb = p.index_select(0, idx) @ q[atom].T  # (n_b, K), k = (m, n)
+            with torch.enable_grad():
+                diff = (coords.index_select(0, idx) - atoms[atom]).requires_grad_(True)
+                d = torch.linalg.vector_norm(diff, dim=-1)
+                rad = _radial_smooth(d / self.cutoff, self.n_radial)
+                u = diff / d.clamp(min=1e-300)[:, None]
+                ylm = torch.cat([torch.ones_like(d)[:, None], u], dim=-1)
+                basis = (ylm[:, :, None] * rad[:, None, :]).reshape(idx.numel(), self.K)
+                (gd,) = torch.autograd.grad(basis, diff, gb)
+            g_pts.index_add_(0, idx, gd)
+            g_atm[atom] -= gd.sum(dim=0)
+        return g_pts, g_atm
+
     def stats(self) -> dict[str, int]:
         """Sizes: points, atoms, blocks, pairs within the cutoff (= pairs evaluated)."""
         return {"ngrid": self.ngrid, "natm": self.natm, "blocks": len(self.blocks),
@@ -343,6 +389,75 @@ class _Scatter(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy: Tensor):
         return _Gather.apply(gy, ctx.ps), None
+
+
+class _GatherGeometric(torch.autograd.Function):
+    """X = B^T y with B depending on the point and atom positions (nuclear gradients).
+
+    First order only: the backward gives dL/dy (scatter) and dL/d coords, dL/d atom_coords
+    (:meth:`PairStructure.geometry_vjp`); it is not differentiable again.
+    """
+
+    @staticmethod
+    def forward(ctx, y: Tensor, coords: Tensor, atom_coords: Tensor, ps: PairStructure) -> Tensor:
+        ctx.ps = ps
+        ctx.save_for_backward(y)
+        return ps.gather(y)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gx: Tensor):
+        (y,) = ctx.saved_tensors
+        ps = ctx.ps
+        bt, _, nf = y.shape
+        g_pts, g_atm = ps.geometry_vjp(
+            y.permute(1, 0, 2).reshape(ps.ngrid, bt * nf),
+            gx.permute(1, 2, 0, 3).reshape(ps.natm, ps.K, bt * nf),
+        )
+        return ps.scatter(gx), g_pts, g_atm, None
+
+
+class _ScatterGeometric(torch.autograd.Function):
+    """y = B X with B depending on the point and atom positions (nuclear gradients; first order)."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, coords: Tensor, atom_coords: Tensor, ps: PairStructure) -> Tensor:
+        ctx.ps = ps
+        ctx.save_for_backward(t)
+        return ps.scatter(t)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy: Tensor):
+        (t,) = ctx.saved_tensors
+        ps = ctx.ps
+        bt, _, _, nf = t.shape
+        g_pts, g_atm = ps.geometry_vjp(
+            gy.permute(1, 0, 2).reshape(ps.ngrid, bt * nf),
+            t.permute(1, 2, 0, 3).reshape(ps.natm, ps.K, bt * nf),
+        )
+        return ps.gather(gy), g_pts, g_atm, None
+
+
+def _moving(grid: Grid) -> bool:
+    """Whether derivatives w.r.t. the grid's geometry are asked for (its coordinates, weights or
+    nuclear positions require grad): then nothing geometric is taken from the caches."""
+    if not torch.is_grad_enabled():
+        return False
+    tensors = (grid.coords, grid.weights, grid.atom_coords)
+    return any(t is not None and t.requires_grad for t in tensors)
+
+
+def _gather(y: Tensor, grid: Grid, ps: PairStructure) -> Tensor:
+    if _moving(grid):
+        return _GatherGeometric.apply(y, grid.coords, grid.atom_coords.to(grid.coords), ps)
+    return _Gather.apply(y, ps)
+
+
+def _scatter(t: Tensor, grid: Grid, ps: PairStructure) -> Tensor:
+    if _moving(grid):
+        return _ScatterGeometric.apply(t, grid.coords, grid.atom_coords.to(grid.coords), ps)
+    return _Scatter.apply(t, ps)
 
 
 _CACHE_ATTR = "_dixc_egxc_cache"
@@ -384,8 +499,9 @@ def pair_structure(
     key = ("pairs", float(cutoff), int(n_radial), int(block_pairs))
     cache = _grid_cache(grid)
     if key not in cache:
+        coords = grid.coords.detach()
         cache[key] = PairStructure(
-            grid.coords, grid.atom_coords.to(grid.coords), cutoff, n_radial, block_pairs
+            coords, grid.atom_coords.detach().to(coords), cutoff, n_radial, block_pairs
         )
     return cache[key]
 
@@ -394,35 +510,46 @@ def _atom_graph(grid: Grid, cutoff: float, n_rbf: int) -> tuple[Tensor, ...]:
     """Directed atom pairs (i <- j), i != j, within ``cutoff``: ``(dst, src, basis, env, unit)``.
 
     basis ``(E, n_rbf)`` = j0 basis of d_ij / cutoff; env ``(E,)`` the envelope;
-    unit ``(E, 3)`` = (R_i - R_j) / d_ij. Cached on the grid (geometry only).
+    unit ``(E, 3)`` = (R_i - R_j) / d_ij. Cached on the grid (geometry only); recomputed with
+    autograd when the nuclear positions require grad.
     """
+    moving = _moving(grid)
     key = ("graph", float(cutoff), int(n_rbf))
     cache = _grid_cache(grid)
-    if key not in cache:
+    if moving or key not in cache:
         pos = grid.atom_coords.to(grid.coords)
-        diff = pos[:, None, :] - pos[None, :, :]
-        d = torch.linalg.vector_norm(diff, dim=-1)
-        eye = torch.eye(pos.shape[0], dtype=torch.bool, device=pos.device)
-        dst, src = torch.nonzero((d < cutoff) & ~eye, as_tuple=True)
-        de = d[dst, src]
+        with torch.no_grad():
+            d = torch.linalg.vector_norm(pos[:, None, :] - pos[None, :, :], dim=-1)
+            eye = torch.eye(pos.shape[0], dtype=torch.bool, device=pos.device)
+            dst, src = torch.nonzero((d < cutoff) & ~eye, as_tuple=True)
+        diff = pos[dst] - pos[src]
+        de = torch.linalg.vector_norm(diff, dim=-1)
         x = de / cutoff
-        unit = diff[dst, src] / de[:, None]
-        cache[key] = (dst, src, _radial(x, n_rbf, envelope=False), _envelope(x), unit)
+        unit = diff / de[:, None]
+        radial = _radial_smooth if moving else _radial
+        graph = (dst, src, radial(x, n_rbf, envelope=False), _envelope(x), unit)
+        if moving:
+            return graph
+        cache[key] = graph
     return cache[key]
 
 
 def _graph_normaliser(grid: Grid, ps: PairStructure) -> Tensor:
-    """Z_a = sum_g w_g phi_1(d_ga) ``(natm,)`` (cached); phi_1 > 0 inside the cutoff."""
+    """Z_a = sum_g w_g phi_1(d_ga) ``(natm,)`` (cached unless the geometry requires grad);
+    phi_1 > 0 inside the cutoff."""
+    moving = _moving(grid)
     key = ("znorm", ps.cutoff, ps.n_radial, id(ps))
     cache = _grid_cache(grid)
-    if key not in cache:
+    if moving or key not in cache:
         w = grid.weights.to(grid.coords)[None, :, None]
-        z = ps.gather(w)[0, :, 0, 0]
+        z = _gather(w, grid, ps)[0, :, 0, 0]
         if bool((z <= 0.0).any()):
             raise ValueError(
                 "dixc: EG-XC: an atom has no grid point within the cutoff "
                 f"({ps.cutoff} Bohr); use a molecular grid (dixc.grid.make_grid)"
             )
+        if moving:
+            return z
         cache[key] = z
     return cache[key]
 
@@ -633,7 +760,7 @@ class EGXC(XCFunctional):
         # no potential where there is no density; the omitted w rho < rho_min w is negligible.
         wn = torch.where(n > self.rho_min, n * grid.weights.to(rho), torch.zeros_like(n))
         y = wn[..., None]  # (Bt, ngrid, 1)
-        h = _Gather.apply(y, ps)  # (Bt, natm, K, 1), k = (m, n)
+        h = _gather(y, grid, ps)  # (Bt, natm, K, 1), k = (m, n)
         return h.reshape(rho.shape[0], ps.natm, 4, self.n_radial).transpose(-1, -2)
 
     def _atoms(self, h: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:
@@ -699,7 +826,7 @@ class EGXC(XCFunctional):
         else:
             eg = s.new_zeros(bt, natm, 4, nr, 1)
         t = torch.cat([t, eg], dim=-1).reshape(bt, natm, ps.K, nl + 1)
-        return _Scatter.apply(t, ps)
+        return _scatter(t, grid, ps)
 
     # ----------------------------------------------------------------------- public API
 
