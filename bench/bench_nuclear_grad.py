@@ -109,6 +109,7 @@ def markdown(rows: list[dict]) -> str:
         "PBE) ms | ratio | max abs err | one V_xc ms | gradient / V_xc |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
     def fmt(x: float, spec: str) -> str:
         return "-" if x != x else format(x, spec)
 

@@ -58,6 +58,8 @@ class RunConfig:
         optimize: first optimise the geometry (geomeTRIC through PySCF, with the functional's
             analytic nuclear gradients including the grid response; local or nonlocal).
         opt_maxsteps: geometry steps at most.
+        forces: the analytic nuclear gradient of the SCF energy at the final geometry (the
+            functional's XC terms with the grid response, J as in the SCF).
     """
 
     basis: str = "def2-svp"
@@ -74,6 +76,7 @@ class RunConfig:
     device: str = "cpu"
     optimize: bool = False
     opt_maxsteps: int = 100
+    forces: bool = False
 
     def reference_config(self, xc: str = "B3LYP"):
         """The :class:`dixc.reference.ReferenceConfig` of the same basis, ECPs and grid."""
@@ -215,6 +218,30 @@ def optimize_geometry(
     return dataclasses.replace(molecule, coords=coords), info
 
 
+def nuclear_gradient(mol, ctx, functional, res, config: RunConfig = RunConfig()) -> np.ndarray:
+    """dE_SCF/dR ``(natm, 3)`` (Hartree / Bohr) at a converged SCF of ``functional``.
+
+    PySCF's RKS gradient with ``functional`` as a drop-in (XC terms from
+    :mod:`dixc.nuclear_grad`, grid response included) on the SCF's grid, with the SCF's Coulomb
+    treatment (exact, or density fitting with the same auxiliary basis and its response), at the
+    SCF's orbitals: the derivative of the energy the SCF minimised (``energy_scf``).
+    """
+    from dixc import pyscf_plugin
+    from dixc.context import DEFAULT_AUXBASIS
+
+    mf = pyscf_plugin.RKS(mol, functional, device=config.device, verbose=0)
+    mf.grids = ctx.grids
+    if config.coulomb == "df":
+        mf = mf.density_fit(auxbasis=DEFAULT_AUXBASIS)
+    grad = mf.nuc_grad_method()
+    grad.grid_response = True
+    grad.verbose = 0
+    t = lambda x: x.detach().cpu().numpy()  # noqa: E731
+    return np.asarray(
+        grad.kernel(mo_energy=t(res.mo_energy), mo_coeff=t(res.mo_coeff), mo_occ=t(res.mo_occ))
+    )
+
+
 def run_molecule(
     molecule: Molecule, functional, config: RunConfig = RunConfig()
 ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
@@ -293,6 +320,10 @@ def run_molecule(
     mu = dipole(ctx, dm)
     row["dipole_debye"] = [float(v) for v in mu]
     row["dipole_norm_debye"] = float(np.linalg.norm(mu))
+    if config.forces:
+        g = nuclear_gradient(mol, ctx, functional, res, config)
+        row["gradient"] = g.tolist()
+        row["gradient_max"] = float(np.abs(g).max())
     if config.n_states > 0:
         from dixc.evaluate.tddft import LinearResponse
 
@@ -413,9 +444,12 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     n = max((1 if r.get("excitations") else 0 for r in rows), default=0)
     hyb = any("hybrid" in r for r in rows)
     opt = any("optimization" in r for r in rows)
+    forces = any("gradient" in r for r in rows)
     head = ["molecule", "formula", "SCF", "E (Eh)", "HOMO (eV)", "gap (eV)", "dipole (D)"]
     if opt:
         head.insert(2, "geometry steps")
+    if forces:
+        head.append("max |dE/dR| (Eh/Bohr)")
     if n:
         head.append("excitations eV (f)")
     if hyb:
@@ -437,6 +471,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                 "-" if r["gap_ev"] is None else f"{r['gap_ev']:.3f}",
                 f"{r['dipole_norm_debye']:.4f}",
             ]
+            if forces:
+                cells.append(f"{r['gradient_max']:.2e}" if "gradient" in r else "-")
             if n:
                 cells.append(_excitations_cell(r.get("excitations")))
             if hyb:
@@ -477,9 +513,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--opt",
         action="store_true",
-        help="first optimise the geometry (geomeTRIC; local functionals; exact J)",
+        help="first optimise the geometry (geomeTRIC; exact J)",
     )
     p.add_argument("--opt-maxsteps", type=int, default=d.opt_maxsteps)
+    p.add_argument(
+        "--forces",
+        action="store_true",
+        help="also the analytic nuclear gradient (Eh/Bohr) of the SCF energy",
+    )
     p.add_argument(
         "--json",
         default=None,
@@ -530,6 +571,7 @@ def main(argv: list[str]) -> int:
         hybrid=args.hybrid,
         device=args.device,
         optimize=args.opt,
+        forces=args.forces,
         opt_maxsteps=args.opt_maxsteps,
     )
     try:
@@ -624,7 +666,9 @@ def _resumable_rows(path: str | None, header: dict[str, Any]) -> dict[str, dict[
         ) from err
 
     def settings(h: dict[str, Any]) -> dict[str, Any]:  # the device does not change results
-        return {k: v for k, v in (h.get("config") or {}).items() if k != "device"}
+        # settings added since a file was written take their defaults (what that run did)
+        cfg = {**dataclasses.asdict(RunConfig()), **(h.get("config") or {})}
+        return {k: v for k, v in cfg.items() if k != "device"}
 
     if settings(old) != settings(header):
         raise ValueError(
