@@ -151,6 +151,16 @@ def rigid_motion(rho: torch.Tensor, grid, rot: torch.Tensor, shift: torch.Tensor
     return rho2, grid2
 
 
+def perturbed(f, scale: float = 0.05, seed: int = 7):
+    """Moves every parameter of ``f`` (the zero-initialised last layers too) by ``scale`` N(0, 1)
+    away from its initialisation, reproducibly (``seed``); returns ``f``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in f.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return f
+
+
 # A small EG-XC network, so that finite-difference and gradcheck tests over every feature stay fast.
 EGXC_SMALL = dict(n_radial=4, channels=4, nl_channels=3, layers=2, hidden=8, n_rbf_gnn=4)
 

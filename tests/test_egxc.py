@@ -14,7 +14,7 @@ import torch
 from torch.func import functional_call
 
 import dixc.functionals as F
-from _util import EGXC_SMALL, random_rotation, rigid_motion, toy_molecule
+from _util import EGXC_SMALL, perturbed, random_rotation, rigid_motion, toy_molecule
 from dixc.functionals import egxc
 from dixc.functionals.egxc import EGXC, PairStructure, _envelope, pair_structure
 from dixc.grid import Grid, make_grid
@@ -40,15 +40,6 @@ def _water(level: int = 1) -> tuple[torch.Tensor, Grid]:
 def water(level: int = 1) -> tuple[torch.Tensor, Grid]:
     rho, grid = _water(level)
     return rho.clone(), grid
-
-
-def perturbed(f: EGXC, scale: float = 0.05, seed: int = 7) -> EGXC:
-    """Moves every parameter (the zero-initialised last layers too) away from the init."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in f.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return f
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -21,7 +21,7 @@ import torch
 from pyscf import dft, gto
 
 import dixc.functionals
-from _util import EGXC_SMALL
+from _util import EGXC_SMALL, perturbed
 from dixc import pyscf_plugin, sources
 from dixc.run import RunConfig, run_molecule
 
@@ -192,11 +192,7 @@ def test_forces_equal_pyscf_drop_in(tmp_path):
     (the same auxiliary basis): 1e-7 Eh/Bohr (measured 4e-9, the SCFs' convergence); the
     forces sum to zero (1e-9; measured 1e-14). The table shows the largest component."""
     torch.manual_seed(2)
-    f = dixc.functionals.create("egxc", **EGXC_SMALL)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in f.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    f = perturbed(dixc.functionals.create("egxc", **EGXC_SMALL), scale=0.05, seed=1)
     ckpt = str(tmp_path / "egxc.safetensors")
     dixc.functionals.save(f, ckpt)
     path = write(tmp_path, "wst", STRETCHED)
