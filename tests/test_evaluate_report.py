@@ -105,13 +105,16 @@ def test_cli_end_to_end(results, tmp_path, capsys):
     rc = main([
         str(tmp / "a.safetensors"), "--functional", "pbe", "--data", evaluation_data(),
         "--out", str(tmp_path / "rep"), "--labels", "tiny,PBE", "--no-hybrid", "--no-tddft",
-        "--max-molecules", "1", "--no-progress", "--no-plots",
+        "--max-molecules", "1", "--no-progress", "--no-plots", "--forces",
     ])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0
     assert "| tiny | 1/1 |" in out and "| PBE | 1/1 |" in out
+    assert "force MAE (mEh/Bohr)" in out
     rs = load_report(tmp_path / "rep")
     assert rs[0].data["ids"] == ["ammonia"] and "hybrid" not in rs[0].summary
+    assert all(r.summary["forces"]["n"] == 1 and r.settings["forces"] for r in rs)
+    assert "force MAE / max (mEh/Bohr)" in (tmp_path / "rep" / "report.md").read_text()
     assert not os.path.exists(tmp_path / "rep" / "plots")
 
 

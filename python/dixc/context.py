@@ -43,6 +43,7 @@ class MolContext:
         eri: ``(nao, nao, nao, nao)`` exact integrals (tiny molecules only) or None.
         nocc: number of doubly occupied orbitals.
         ao_memory_mb: largest materialised AO array (MiB) kept; above it the fused kernels run.
+        auxbasis: the auxiliary basis of ``cderi`` (None without density fitting).
     """
 
     mol: object
@@ -56,6 +57,7 @@ class MolContext:
     eri: torch.Tensor | None
     nocc: int
     ao_memory_mb: float = 1024.0
+    auxbasis: str | None = None
     _ao: dict = dataclasses.field(default_factory=dict, repr=False)
     _tril: tuple | None = dataclasses.field(default=None, repr=False)
 
@@ -131,6 +133,7 @@ class MolContext:
             eri=eri,
             nocc=mol.nelectron // 2,
             ao_memory_mb=ao_memory_mb,
+            auxbasis=auxbasis if coulomb == "df" else None,
         )
 
     # ---- properties ---------------------------------------------------------------------------

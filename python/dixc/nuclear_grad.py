@@ -44,7 +44,7 @@ from dixc.basis import pack_basis
 from dixc.functionals.base import XCFunctional
 from dixc.grid import Grid, nuclear_charges
 
-__all__ = ["xc_gradient_matrix", "xc_gradient_terms"]
+__all__ = ["scf_gradient", "xc_gradient_matrix", "xc_gradient_terms"]
 
 # Second-derivative components of eval_ao (xx, xy, xz, yy, yz, zz = 4..9) as a symmetric 3 x 3.
 _HESS = ((4, 5, 6), (5, 7, 8), (6, 8, 9))
@@ -201,3 +201,32 @@ def xc_gradient_terms(
             exc1 += torch.einsum("g,axg->ax", de_dw[start : start + n], t(w1))
             start += n
     return exc1.cpu().numpy(), -vmat.cpu().numpy()
+
+
+def scf_gradient(ctx, functional: XCFunctional, res) -> np.ndarray:
+    """dE_SCF/dR ``(natm, 3)`` (Hartree / Bohr) at a converged dixc SCF of ``functional``.
+
+    PySCF's RKS gradient with ``functional`` as a drop-in (:mod:`dixc.pyscf_plugin`; XC terms
+    from :func:`xc_gradient_terms`, grid response included) on the context's grid, with its
+    Coulomb treatment (exact, or density fitting with the context's auxiliary basis and its
+    response), at the SCF's orbitals: the derivative of the energy the SCF minimised.
+
+    Args:
+        ctx: the :class:`dixc.context.MolContext` of the SCF (``coulomb`` 'df' or 'exact').
+        functional: the SCF's functional.
+        res: the SCF result (``mo_energy``, ``mo_coeff``, ``mo_occ``; see :mod:`dixc.scf`).
+    """
+    from dixc import pyscf_plugin
+
+    if ctx.cderi is None and ctx.eri is None:
+        raise ValueError(f"dixc: the context of {ctx.name} has no Coulomb operator (coulomb=none)")
+    mf = pyscf_plugin.RKS(ctx.mol, functional, device=ctx.device, verbose=0)
+    mf.grids = ctx.grids
+    if ctx.cderi is not None:
+        mf = mf.density_fit(auxbasis=ctx.auxbasis)
+    grad = mf.nuc_grad_method()
+    grad.grid_response = True
+    grad.verbose = 0
+    t = lambda x: x.detach().cpu().numpy()  # noqa: E731
+    out = grad.kernel(mo_energy=t(res.mo_energy), mo_coeff=t(res.mo_coeff), mo_occ=t(res.mo_occ))
+    return np.asarray(out)

@@ -218,30 +218,6 @@ def optimize_geometry(
     return dataclasses.replace(molecule, coords=coords), info
 
 
-def nuclear_gradient(mol, ctx, functional, res, config: RunConfig = RunConfig()) -> np.ndarray:
-    """dE_SCF/dR ``(natm, 3)`` (Hartree / Bohr) at a converged SCF of ``functional``.
-
-    PySCF's RKS gradient with ``functional`` as a drop-in (XC terms from
-    :mod:`dixc.nuclear_grad`, grid response included) on the SCF's grid, with the SCF's Coulomb
-    treatment (exact, or density fitting with the same auxiliary basis and its response), at the
-    SCF's orbitals: the derivative of the energy the SCF minimised (``energy_scf``).
-    """
-    from dixc import pyscf_plugin
-    from dixc.context import DEFAULT_AUXBASIS
-
-    mf = pyscf_plugin.RKS(mol, functional, device=config.device, verbose=0)
-    mf.grids = ctx.grids
-    if config.coulomb == "df":
-        mf = mf.density_fit(auxbasis=DEFAULT_AUXBASIS)
-    grad = mf.nuc_grad_method()
-    grad.grid_response = True
-    grad.verbose = 0
-    t = lambda x: x.detach().cpu().numpy()  # noqa: E731
-    return np.asarray(
-        grad.kernel(mo_energy=t(res.mo_energy), mo_coeff=t(res.mo_coeff), mo_occ=t(res.mo_occ))
-    )
-
-
 def run_molecule(
     molecule: Molecule, functional, config: RunConfig = RunConfig()
 ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
@@ -321,7 +297,9 @@ def run_molecule(
     row["dipole_debye"] = [float(v) for v in mu]
     row["dipole_norm_debye"] = float(np.linalg.norm(mu))
     if config.forces:
-        g = nuclear_gradient(mol, ctx, functional, res, config)
+        from dixc.nuclear_grad import scf_gradient
+
+        g = scf_gradient(ctx, functional, res)
         row["gradient"] = g.tolist()
         row["gradient_max"] = float(np.abs(g).max())
     if config.n_states > 0:

@@ -5,7 +5,8 @@ functional, then total-energy error vs B3LYP, E_rho (mean-field energy error of 
 density-driven error E_B3LYP[D_theta] - E_B3LYP[D*], dipole and L2 density errors; the B3LYP SCF
 started from the learned density vs PySCF's default guess vs a PBE density (iterations, wall
 time); and the lowest singlet excitations (TDA, full TDDFT) from the functional's orbital Hessian
-vs the stored B3LYP TDDFT. Results go to a Markdown + JSON report with plots; several checkpoints
+vs the stored B3LYP TDDFT; optionally (``--forces``) nuclear forces vs the reference functional's.
+Results go to a Markdown + JSON report with plots; several checkpoints
 go into one comparison table. See ``docs/evaluate.md``.
 
 Python API::
@@ -133,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
         "depend on the functional): later evaluations on the same data reuse them",
     )
     p.add_argument("--no-tddft", action="store_true", help="skip TDDFT")
+    p.add_argument(
+        "--forces",
+        action="store_true",
+        help="also compare nuclear forces with the reference functional's (analytic gradients)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--grid-level", type=int, help="grid of the learned SCF (default: reference's)")
     p.add_argument(
@@ -187,6 +193,7 @@ def main(argv: list[str]) -> int:
             if args.hybrid_conv_tol_grad is None
             else {"conv_tol_grad": args.hybrid_conv_tol_grad},
             tddft=not args.no_tddft,
+            forces=args.forces,
             grid_level=args.grid_level,
             coulomb=args.coulomb,
             conv_tol=args.conv_tol,

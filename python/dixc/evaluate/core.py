@@ -455,7 +455,33 @@ def evaluate_molecule(
         except Exception as err:
             _fail(failures, mid, "tddft", err)
         timings["tddft"] += time.perf_counter() - clock
+
+    # ---- nuclear forces: learned vs the reference functional's, both with the grid response
+    if settings.get("forces"):
+        clock = time.perf_counter()
+        try:
+            row["forces"] = _forces(rec, mf, ctx, functional, scf)
+        except Exception as err:
+            _fail(failures, mid, "forces", err)
+        timings["forces"] = timings.get("forces", 0.0) + time.perf_counter() - clock
     return row
+
+
+def _forces(rec, mf, ctx: MolContext, functional: XCFunctional, scf) -> dict[str, Any]:
+    """dE/dR of the learned SCF (:func:`dixc.nuclear_grad.scf_gradient`) and of the reference
+    (PySCF's analytic gradient of ``mf`` at the stored orbitals), Hartree / Bohr, and their
+    difference's mean / largest absolute component."""
+    from dixc.nuclear_grad import scf_gradient
+
+    g = scf_gradient(ctx, functional, scf)
+    grad = mf.nuc_grad_method()
+    grad.grid_response = True
+    grad.verbose = 0
+    mo = {k: rec[f"scf/{k}"].cpu().numpy() for k in ("mo_energy", "mo_coeff", "mo_occ")}
+    g_ref = np.asarray(grad.kernel(**mo))
+    d = np.abs(g - g_ref)
+    return {"gradient": g.tolist(), "ref": g_ref.tolist(), "mae": float(d.mean()),
+            "maxae": float(d.max())}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,6 +593,14 @@ def summarize(molecules: Sequence[Mapping[str, Any]], failures: Sequence[Mapping
                 "me_eV": float(allv.mean()),
             }
         s["tddft"] = t
+
+    fo = [m["forces"] for m in ok if "forces" in m]
+    if fo:
+        s["forces"] = {
+            "n": len(fo),
+            "mae_mEh_bohr": float(np.mean([MEH * f["mae"] for f in fo])),
+            "maxae_mEh_bohr": float(np.max([MEH * f["maxae"] for f in fo])),
+        }
     return s
 
 
@@ -585,6 +619,7 @@ def evaluate_checkpoint(
     hybrid: bool = True,
     hybrid_options: Mapping[str, Any] | None = None,
     tddft: bool = True,
+    forces: bool = False,
     grid_level: int | None = None,
     coulomb: str = "df",
     init_guess: str = "minao",
@@ -603,7 +638,8 @@ def evaluate_checkpoint(
     vs the stored B3LYP energy; E_rho, density-driven error, dipole, L2/L1 density errors
     (:mod:`dixc.evaluate.metrics`); B3LYP SCF from the learned density vs PySCF's default guess
     vs a PBE density (:mod:`dixc.evaluate.hybrid`); lowest singlet excitations (TDA and Casida)
-    vs the stored B3LYP TDDFT (:mod:`dixc.evaluate.tddft`).
+    vs the stored B3LYP TDDFT (:mod:`dixc.evaluate.tddft`); optionally nuclear forces vs the
+    reference functional's.
 
     Args:
         checkpoint: functional file, training directory (best/last.safetensors), a functional
@@ -617,6 +653,8 @@ def evaluate_checkpoint(
         hybrid_options: attributes set on every reference RKS object of the hybrid comparison
             (default: the data set's own thresholds, e.g. ``{"conv_tol_grad": 5e-7}``).
         tddft: run TDDFT.
+        forces: compare nuclear forces: the analytic gradient of the learned SCF energy vs the
+            reference functional's at the stored orbitals (both with the grid response).
         grid_level: grid of the learned SCF (None: the reference's grid; metrics always use the
             reference grid).
         coulomb: J in the learned SCF: 'df' (default) or 'exact'. Reported energies always use
@@ -667,6 +705,7 @@ def evaluate_checkpoint(
         "hybrid": bool(hybrid),
         "hybrid_options": dict(hybrid_options or {}),
         "tddft": bool(tddft),
+        "forces": bool(forces),
         "grid_level": grid_level,
         "reference_grid_level": config.get("grid_level"),
         "coulomb": coulomb,
@@ -679,7 +718,8 @@ def evaluate_checkpoint(
         "torch_threads": torch.get_num_threads(),
         "baseline_cache": None if baseline_cache is None else os.fspath(baseline_cache),
     }
-    timings = {"setup": 0.0, "scf": 0.0, "metrics": 0.0, "hybrid": 0.0, "tddft": 0.0}
+    timings = {"setup": 0.0, "scf": 0.0, "metrics": 0.0, "hybrid": 0.0, "tddft": 0.0,
+               "forces": 0.0}  # fmt: skip
     failures: list[dict[str, Any]] = []
     molecules: list[dict[str, Any]] = []
     t0 = time.perf_counter()

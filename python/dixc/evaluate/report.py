@@ -40,7 +40,8 @@ def comparison_table(results: Sequence[EvaluationResult] | EvaluationResult) -> 
     Columns: converged / evaluated molecules; total-energy MAE, E_rho MAE, mean density-driven
     error (mEh); dipole MAE (D); mean L2 density error; mean B3LYP SCF iterations from the
     default, PBE and learned guesses and the learned guess's saving vs default and vs PBE (%);
-    TDDFT (Casida) and TDA MAE over all states (eV).
+    TDDFT (Casida) and TDA MAE over all states (eV); with ``forces``, the mean over molecules of
+    the mean absolute force-component error (mEh/Bohr).
     """
     rs = _as_results(results)
     head = [
@@ -48,6 +49,9 @@ def comparison_table(results: Sequence[EvaluationResult] | EvaluationResult) -> 
         "L2[rho]", "B3LYP it. default / PBE / learned", "saving vs default / PBE (%)",
         "TDDFT MAE (eV)", "TDA MAE (eV)",
     ]  # fmt: skip
+    forces = any("forces" in r.summary for r in rs)
+    if forces:
+        head.append("force MAE (mEh/Bohr)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rs:
         s = r.summary
@@ -73,6 +77,8 @@ def comparison_table(results: Sequence[EvaluationResult] | EvaluationResult) -> 
             _f(td.get("rpa", {}).get("mae_eV")),
             _f(td.get("tda", {}).get("mae_eV")),
         ]
+        if forces:
+            row.append(_f(s.get("forces", {}).get("mae_mEh_bohr")))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -82,6 +88,9 @@ def _molecule_table(r: EvaluationResult) -> str:
         "id", "formula", "nao", "SCF", "E - E_B3LYP (mEh)", "E_rho err (mEh)", "dd-err (mEh)",
         "dipole err (D)", "L2[rho]", "B3LYP it. def/PBE/learned", "TDDFT err (eV)",
     ]  # fmt: skip
+    forces = any("forces" in m for m in r.molecules)
+    if forces:
+        head += ["force MAE / max (mEh/Bohr)"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in r.molecules:
         scf = m.get("scf", {})
@@ -106,9 +115,16 @@ def _molecule_table(r: EvaluationResult) -> str:
                 "/".join(str(hy[g]["cycles"]) for g in ("default", "pbe", "learned") if g in hy)
                 or "-",
                 tderr,
+                *([_force_cell(m.get("forces"))] if forces else []),
             ]) + " |"
         )  # fmt: skip
     return "\n".join(out) + "\n"
+
+
+def _force_cell(fo: Mapping[str, Any] | None) -> str:
+    if not fo:
+        return "-"
+    return f"{_f(MEH * fo['mae'])} / {_f(MEH * fo['maxae'])}"
 
 
 def _hybrid_section(r: EvaluationResult) -> str:
@@ -184,7 +200,10 @@ def markdown_report(results, plots: Sequence[str] = ()) -> str:
         "(external + Hartree) energy of the learned density; dd-err: density-driven error "
         "E_B3LYP[D_theta] - E_B3LYP[D*] (mean); L2[rho] = sqrt(int (rho_theta - rho*)^2) "
         "(e Bohr^-3/2, mean); B3LYP it.: mean PySCF B3LYP SCF iterations from each initial "
-        "density; TDDFT/TDA MAE: lowest singlets vs the stored B3LYP TDDFT/TDA, all states.",
+        "density; TDDFT/TDA MAE: lowest singlets vs the stored B3LYP TDDFT/TDA, all states; "
+        "force MAE (with --forces): analytic nuclear gradient of the learned SCF energy vs the "
+        "reference functional's at the stored orbitals (grid response in both), mean absolute "
+        "component error.",
         "",
     ]
     if plots:
