@@ -315,3 +315,21 @@ def test_forces_equal_independent_pyscf_gradients(dataset):
     assert res.summary["forces"]["n"] == 1
     assert res.summary["forces"]["mae_mEh_bohr"] == pytest.approx(1e3 * fo["mae"], rel=1e-12)
     assert "force MAE (mEh/Bohr)" in comparison_table(res)
+
+
+def test_reference_forces_are_computed_once_per_cache(dataset, tmp_path):
+    """The reference gradient does not depend on the functional: with a cache directory a later
+    evaluation (another functional, a fresh process) reads it back instead of recomputing it."""
+    cache = tmp_path / "cache"
+    kw = dict(ids=["water"], hybrid=False, tddft=False, forces=True, progress=False,
+              baseline_cache=cache)  # fmt: skip
+    core._REF_GRADIENTS.clear()
+    first = core.evaluate_checkpoint("functional:pbe", dataset, **kw)
+    (path,) = cache.glob("forces-*.json")
+    stamp = path.stat().st_mtime_ns
+    core._REF_GRADIENTS.clear()  # as in a fresh process
+    second = core.evaluate_checkpoint("functional:blyp", dataset, **kw)
+    assert path.stat().st_mtime_ns == stamp
+    f1, f2 = first.molecules[0]["forces"], second.molecules[0]["forces"]
+    assert f1["ref"] == f2["ref"] and f1["gradient"] != f2["gradient"]
+    core._REF_GRADIENTS.clear()

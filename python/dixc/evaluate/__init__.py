@@ -130,8 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--baseline-cache",
         metavar="DIR",
-        help="directory caching the B3LYP SCFs from the default and PBE guesses (they do not "
-        "depend on the functional): later evaluations on the same data reuse them",
+        help="directory caching the B3LYP SCFs from the default and PBE guesses and the "
+        "reference forces (they do not depend on the functional): later evaluations on the same "
+        "data reuse them",
     )
     p.add_argument("--no-tddft", action="store_true", help="skip TDDFT")
     p.add_argument(

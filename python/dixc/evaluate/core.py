@@ -460,28 +460,77 @@ def evaluate_molecule(
     if settings.get("forces"):
         clock = time.perf_counter()
         try:
-            row["forces"] = _forces(rec, mf, ctx, functional, scf)
+            cache = settings.get("baseline_cache")
+            row["forces"] = _forces(rec, mf, config, ctx, functional, scf, cache)
         except Exception as err:
             _fail(failures, mid, "forces", err)
         timings["forces"] = timings.get("forces", 0.0) + time.perf_counter() - clock
     return row
 
 
-def _forces(rec, mf, ctx: MolContext, functional: XCFunctional, scf) -> dict[str, Any]:
+def _forces(
+    rec, mf, config, ctx: MolContext, functional: XCFunctional, scf, cache_dir=None
+) -> dict[str, Any]:
     """dE/dR of the learned SCF (:func:`dixc.nuclear_grad.scf_gradient`) and of the reference
-    (PySCF's analytic gradient of ``mf`` at the stored orbitals), Hartree / Bohr, and their
-    difference's mean / largest absolute component."""
+    (:func:`reference_gradient`), Hartree / Bohr, and their difference's mean / largest absolute
+    component."""
     from dixc.nuclear_grad import scf_gradient
 
     g = scf_gradient(ctx, functional, scf)
-    grad = mf.nuc_grad_method()
-    grad.grid_response = True
-    grad.verbose = 0
-    mo = {k: rec[f"scf/{k}"].cpu().numpy() for k in ("mo_energy", "mo_coeff", "mo_occ")}
-    g_ref = np.asarray(grad.kernel(**mo))
+    g_ref = reference_gradient(rec, mf, config, cache_dir)
     d = np.abs(g - g_ref)
     return {"gradient": g.tolist(), "ref": g_ref.tolist(), "mae": float(d.mean()),
             "maxae": float(d.max())}  # fmt: skip
+
+
+# The reference gradient of a molecule is the same for every functional compared on it: once per
+# process (and with a cache directory once per directory).
+_REF_GRADIENTS: dict[tuple, np.ndarray] = {}
+_REF_GRADIENTS_MAX = 512
+
+
+def reference_gradient(rec, mf, config: Mapping[str, Any], cache_dir=None) -> np.ndarray:
+    """PySCF's analytic gradient ``(natm, 3)`` (Hartree / Bohr) of the reference functional
+    ``mf`` (:func:`dixc.evaluate.metrics.reference_rks` of ``config``, the data set's
+    ``reference_config``) at the stored orbitals, grid response included; kept per process and,
+    with ``cache_dir``, on disk (as the hybrid baselines)."""
+    import hashlib
+
+    from dixc.evaluate import hybrid
+
+    mo = {k: rec[f"scf/{k}"].cpu().numpy() for k in ("mo_energy", "mo_coeff", "mo_occ")}
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in mo.values()))
+    mol = mf.mol
+    key = (
+        "forces",
+        np.asarray(mol.atom_coords()).round(10).tobytes(),
+        tuple(int(z) for z in mol.atom_charges()),
+        json.dumps(dict(config), sort_keys=True, default=str),
+        digest.hexdigest(),
+    )
+
+    def compute() -> dict[str, Any]:
+        grad = mf.nuc_grad_method()
+        grad.grid_response = True
+        grad.verbose = 0
+        return {"gradient": np.asarray(grad.kernel(**mo)).tolist(),
+                "atoms": [mol.atom_symbol(i) for i in range(mol.natm)]}  # fmt: skip
+
+    def parse(record: Mapping[str, Any]) -> np.ndarray:
+        g = np.asarray(record["gradient"], dtype=np.float64)
+        if g.shape != (mol.natm, 3):
+            raise ValueError(f"gradient of shape {g.shape}, expected ({mol.natm}, 3)")
+        return g
+
+    if key not in _REF_GRADIENTS:
+        if cache_dir is None:
+            g = parse(compute())
+        else:
+            g = hybrid.cached_record(cache_dir, "forces", key, compute, parse)
+        if len(_REF_GRADIENTS) >= _REF_GRADIENTS_MAX:
+            _REF_GRADIENTS.pop(next(iter(_REF_GRADIENTS)))
+        _REF_GRADIENTS[key] = g
+    return _REF_GRADIENTS[key].copy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -666,9 +715,10 @@ def evaluate_checkpoint(
         tddft_tol: Davidson residual tolerance (Hartree).
         device: torch device of the functional and the grid work.
         progress: tqdm progress bar on stderr.
-        baseline_cache: directory caching the B3LYP SCFs from the default and PBE guesses,
-            which do not depend on the functional (shared by processes and later calls; see
-            :mod:`dixc.evaluate.hybrid`). None: computed once per process.
+        baseline_cache: directory caching the B3LYP SCFs from the default and PBE guesses and
+            the reference gradients (``forces``), which do not depend on the functional (shared
+            by processes and later calls; see :mod:`dixc.evaluate.hybrid`). None: computed once
+            per process.
 
     Returns:
         :class:`EvaluationResult`.

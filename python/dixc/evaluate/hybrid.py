@@ -178,36 +178,50 @@ def _baseline_run(mol, config: Mapping[str, Any], guess: str, overrides) -> Hybr
 def _cached_baseline_run(
     mol, config: Mapping[str, Any], guess: str, overrides, key: tuple, cache_dir
 ) -> HybridRun:
-    """The 'default' or 'pbe' start from ``cache_dir``, computed (under a lock) if absent.
+    """The 'default' or 'pbe' start from ``cache_dir``, computed (under a lock) if absent."""
 
-    An unreadable cache file is reported and recomputed (then overwritten), never trusted.
+    def compute() -> dict[str, Any]:
+        return {
+            "run": _baseline_run(mol, config, guess, overrides).to_dict(),
+            "atoms": [mol.atom_symbol(i) for i in range(mol.natm)],
+            "config": dict(config),
+            "overrides": dict(overrides),
+        }
+
+    return cached_record(cache_dir, guess, key, compute, lambda r: HybridRun(**r["run"]))
+
+
+def cached_record(cache_dir, name: str, key: tuple, compute, parse):
+    """``parse(record)`` of the JSON record ``compute()`` makes, kept in ``cache_dir``.
+
+    The file is ``cache_dir/<name>-<hash of key, PySCF version, numint>.json``; it is computed
+    under a lock when absent (other processes wait, then read it) and written atomically. A file
+    that cannot be read or parsed is reported and recomputed (then overwritten), never trusted.
+
+    Args:
+        cache_dir: the cache directory (made if needed).
+        name: file name prefix (what is cached).
+        key: everything the result depends on (hashed).
+        compute: ``() -> dict`` (JSON-serialisable).
+        parse: ``dict -> result``; raises KeyError, TypeError or ValueError on a bad record.
     """
     import pyscf
 
-    path = _cache_path(cache_dir, guess, key)
+    path = _cache_path(cache_dir, name, key)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released on close; others wait, then read
         if os.path.isfile(path):
             try:
                 with open(path) as fh:
-                    stored = json.load(fh)
-                return HybridRun(**stored["run"])
+                    return parse(json.load(fh))
             except (OSError, ValueError, KeyError, TypeError) as err:
-                log.warning("dixc evaluate: ignoring unreadable cached hybrid run %s (%s: %s); "
+                log.warning("dixc evaluate: ignoring unreadable cache file %s (%s: %s); "
                             "recomputing it", path, type(err).__name__, err)  # fmt: skip
-        run = _baseline_run(mol, config, guess, overrides)
-        record = {
-            "run": run.to_dict(),
-            "atoms": [mol.atom_symbol(i) for i in range(mol.natm)],
-            "config": dict(config),
-            "overrides": dict(overrides),
-            "pyscf": pyscf.__version__,
-            "numint": _NUMINT,
-        }
+        record = {**compute(), "pyscf": pyscf.__version__, "numint": _NUMINT}
         with atomic_path(path) as tmp, open(tmp, "w") as fh:
             json.dump(record, fh, indent=1, default=str)
-        return run
+        return parse(record)
 
 
 # Who did the runs' grid work (reference.make_rks): part of the cache key, because the wall
@@ -215,12 +229,12 @@ def _cached_baseline_run(
 _NUMINT = "dixc"
 
 
-def _cache_path(cache_dir, guess: str, key: tuple) -> str:
-    """File of one cached run: the guess and a hash of its key, the PySCF version and numint."""
+def _cache_path(cache_dir, name: str, key: tuple) -> str:
+    """File of one cached record: its name and a hash of its key, the PySCF version and numint."""
     import pyscf
 
     digest = hashlib.sha256(repr((key, pyscf.__version__, _NUMINT)).encode()).hexdigest()[:24]
-    return os.path.join(os.fspath(cache_dir), f"{guess}-{digest}.json")
+    return os.path.join(os.fspath(cache_dir), f"{name}-{digest}.json")
 
 
 # The 'default' and 'pbe' starts are the same for every functional compared on a molecule:
