@@ -12,8 +12,8 @@ Steps (all outputs under ``--out``, default ``runs/demo``):
 3. training with the literature's ablation presets ``E+rho`` and ``E+rho+grad+hess`` (same
    initialisation, seed and data order);
 4. evaluation of both and of PBE on the held-out molecules: energy, density, dipole, hybrid-SCF
-   iterations from the learned density, TDDFT; the comparison table is printed and a Markdown /
-   JSON report with plots is written.
+   iterations from the learned density, TDDFT, nuclear forces; the comparison table is printed
+   and a Markdown / JSON report with plots is written.
 
 Reference data are cached (generation resumes); training runs are redone each time.
 """
@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         test_data,
         labels=[f"{args.arch} {p}" for p in runs] + ["PBE"],
         progress=not args.quiet,
+        forces=True,
     )
     report_dir = os.path.join(out, "report")
     paths = write_report(results, report_dir)
