@@ -19,7 +19,8 @@ geometry optimisation through ``pyscf.geomopt``) take their XC terms from
 :mod:`dixc.nuclear_grad` for every dixc functional, local or nonlocal: importing this module
 routes ``pyscf.grad.rks.get_vxc`` and ``get_vxc_full_response`` to dixc when, and only when, the
 ``NumInt`` is a :class:`TorchNumInt`; every other functional runs PySCF's own code. A nonlocal
-functional needs the grid response (``grad.grid_response = True``; see that module).
+functional needs the grid response (``grad.grid_response = True``; see that module). Analytic
+nuclear Hessians (``mf.Hessian()``) run through PySCF's pointwise path, local functionals only.
 """
 
 from __future__ import annotations
