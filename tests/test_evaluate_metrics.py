@@ -323,13 +323,13 @@ def test_reference_forces_are_computed_once_per_cache(dataset, tmp_path):
     cache = tmp_path / "cache"
     kw = dict(ids=["water"], hybrid=False, tddft=False, forces=True, progress=False,
               baseline_cache=cache)  # fmt: skip
-    core._REF_GRADIENTS.clear()
+    hybrid._BASELINES.clear()
     first = core.evaluate_checkpoint("functional:pbe", dataset, **kw)
     (path,) = cache.glob("forces-*.json")
     stamp = path.stat().st_mtime_ns
-    core._REF_GRADIENTS.clear()  # as in a fresh process
+    hybrid._BASELINES.clear()  # as in a fresh process
     second = core.evaluate_checkpoint("functional:blyp", dataset, **kw)
     assert path.stat().st_mtime_ns == stamp
     f1, f2 = first.molecules[0]["forces"], second.molecules[0]["forces"]
     assert f1["ref"] == f2["ref"] and f1["gradient"] != f2["gradient"]
-    core._REF_GRADIENTS.clear()
+    hybrid._BASELINES.clear()

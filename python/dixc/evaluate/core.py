@@ -483,17 +483,11 @@ def _forces(
             "maxae": float(d.max())}  # fmt: skip
 
 
-# The reference gradient of a molecule is the same for every functional compared on it: once per
-# process (and with a cache directory once per directory).
-_REF_GRADIENTS: dict[tuple, np.ndarray] = {}
-_REF_GRADIENTS_MAX = 512
-
-
 def reference_gradient(rec, mf, config: Mapping[str, Any], cache_dir=None) -> np.ndarray:
     """PySCF's analytic gradient ``(natm, 3)`` (Hartree / Bohr) of the reference functional
     ``mf`` (:func:`dixc.evaluate.metrics.reference_rks` of ``config``, the data set's
     ``reference_config``) at the stored orbitals, grid response included; kept per process and,
-    with ``cache_dir``, on disk (as the hybrid baselines)."""
+    with ``cache_dir``, on disk (:func:`dixc.evaluate.hybrid.remembered`, as the baselines)."""
     import hashlib
 
     from dixc.evaluate import hybrid
@@ -501,13 +495,7 @@ def reference_gradient(rec, mf, config: Mapping[str, Any], cache_dir=None) -> np
     mo = {k: rec[f"scf/{k}"].cpu().numpy() for k in ("mo_energy", "mo_coeff", "mo_occ")}
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in mo.values()))
     mol = mf.mol
-    key = (
-        "forces",
-        np.asarray(mol.atom_coords()).round(10).tobytes(),
-        tuple(int(z) for z in mol.atom_charges()),
-        json.dumps(dict(config), sort_keys=True, default=str),
-        digest.hexdigest(),
-    )
+    key = ("forces", *hybrid.molecule_key(mol, config), digest.hexdigest())
 
     def compute() -> dict[str, Any]:
         grad = mf.nuc_grad_method()
@@ -522,15 +510,7 @@ def reference_gradient(rec, mf, config: Mapping[str, Any], cache_dir=None) -> np
             raise ValueError(f"gradient of shape {g.shape}, expected ({mol.natm}, 3)")
         return g
 
-    if key not in _REF_GRADIENTS:
-        if cache_dir is None:
-            g = parse(compute())
-        else:
-            g = hybrid.cached_record(cache_dir, "forces", key, compute, parse)
-        if len(_REF_GRADIENTS) >= _REF_GRADIENTS_MAX:
-            _REF_GRADIENTS.pop(next(iter(_REF_GRADIENTS)))
-        _REF_GRADIENTS[key] = g
-    return _REF_GRADIENTS[key].copy()
+    return hybrid.remembered("forces", key, compute, parse, cache_dir).copy()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -152,16 +152,18 @@ def hybrid_scf_runs(
             r.guess_wall, r.guess_cycles = float(learned_wall), int(learned_cycles)
             out[g] = r
             continue
+
+        def compute(g=g) -> dict[str, Any]:
+            return {
+                "run": _baseline_run(mol, config, g, overrides).to_dict(),
+                "atoms": [mol.atom_symbol(i) for i in range(mol.natm)],
+                "config": dict(config),
+                "overrides": dict(overrides),
+            }
+
         key = _baseline_key(mol, config, overrides, g)
-        if key not in _BASELINES:  # not yet in this process: disk cache, else run it
-            if cache_dir is None:
-                run = _baseline_run(mol, config, g, overrides)
-            else:
-                run = _cached_baseline_run(mol, config, g, overrides, key, cache_dir)
-            if len(_BASELINES) >= _BASELINES_MAX:
-                _BASELINES.pop(next(iter(_BASELINES)))
-            _BASELINES[key] = run
-        out[g] = dataclasses.replace(_BASELINES[key])
+        run = remembered(g, key, compute, lambda r: HybridRun(**r["run"]), cache_dir)
+        out[g] = dataclasses.replace(run)
     return out
 
 
@@ -175,20 +177,19 @@ def _baseline_run(mol, config: Mapping[str, Any], guess: str, overrides) -> Hybr
     return r
 
 
-def _cached_baseline_run(
-    mol, config: Mapping[str, Any], guess: str, overrides, key: tuple, cache_dir
-) -> HybridRun:
-    """The 'default' or 'pbe' start from ``cache_dir``, computed (under a lock) if absent."""
-
-    def compute() -> dict[str, Any]:
-        return {
-            "run": _baseline_run(mol, config, guess, overrides).to_dict(),
-            "atoms": [mol.atom_symbol(i) for i in range(mol.natm)],
-            "config": dict(config),
-            "overrides": dict(overrides),
-        }
-
-    return cached_record(cache_dir, guess, key, compute, lambda r: HybridRun(**r["run"]))
+def remembered(name: str, key: tuple, compute, parse, cache_dir=None):
+    """``parse(compute())`` for a result that does not depend on the evaluated functional: once
+    per process (the last ``_BASELINES_MAX`` kept) and, with ``cache_dir``, once per directory
+    (:func:`cached_record`). Returns the kept object itself (copy it before changing it)."""
+    if key not in _BASELINES:  # not yet in this process: disk cache, else compute it
+        if cache_dir is None:
+            value = parse(compute())
+        else:
+            value = cached_record(cache_dir, name, key, compute, parse)
+        if len(_BASELINES) >= _BASELINES_MAX:
+            _BASELINES.pop(next(iter(_BASELINES)))
+        _BASELINES[key] = value
+    return _BASELINES[key]
 
 
 def cached_record(cache_dir, name: str, key: tuple, compute, parse):
@@ -237,20 +238,25 @@ def _cache_path(cache_dir, name: str, key: tuple) -> str:
     return os.path.join(os.fspath(cache_dir), f"{name}-{digest}.json")
 
 
-# The 'default' and 'pbe' starts are the same for every functional compared on a molecule:
-# they are run once per process and reused (their wall times are those of that one run).
-_BASELINES: dict[tuple, HybridRun] = {}
+# Results that are the same for every functional compared on a molecule (the 'default' and
+# 'pbe' starts, the reference gradient) are computed once per process and reused (the runs' wall
+# times are those of that one run); keys start with what the result is.
+_BASELINES: dict[tuple, Any] = {}
 _BASELINES_MAX = 512
+
+
+def molecule_key(mol, config: Mapping[str, Any]) -> tuple:
+    """What a reference result on a molecule depends on: the geometry (to 1e-10 Bohr), the
+    nuclear charges and the data set's ``reference_config``."""
+    return (
+        np.asarray(mol.atom_coords()).round(10).tobytes(),
+        tuple(int(z) for z in mol.atom_charges()),
+        json.dumps(dict(config), sort_keys=True, default=str),
+    )
 
 
 def _baseline_key(mol, config: Mapping[str, Any], overrides: Mapping[str, Any], guess: str):
     if guess not in ("default", "pbe"):
         return None
-    geometry = np.asarray(mol.atom_coords()).round(10).tobytes()
-    return (
-        guess,
-        geometry,
-        tuple(int(z) for z in mol.atom_charges()),
-        json.dumps(dict(config), sort_keys=True, default=str),
-        json.dumps(dict(overrides), sort_keys=True, default=str),
-    )
+    overrides_key = json.dumps(dict(overrides), sort_keys=True, default=str)
+    return (guess, *molecule_key(mol, config), overrides_key)

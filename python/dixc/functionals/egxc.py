@@ -391,52 +391,34 @@ class _Scatter(torch.autograd.Function):
         return _Gather.apply(gy, ctx.ps), None
 
 
-class _GatherGeometric(torch.autograd.Function):
-    """X = B^T y with B depending on the point and atom positions (nuclear gradients).
+class _PairMapGeometric(torch.autograd.Function):
+    """Gather (X = B^T y) or scatter (y = B X) with B depending on the point and atom positions
+    (nuclear gradients).
 
-    First order only: the backward gives dL/dy (scatter) and dL/d coords, dL/d atom_coords
-    (:meth:`PairStructure.geometry_vjp`); it is not differentiable again.
+    First order only: the backward gives the input's derivative (the other map, the adjoint) and
+    dL/d coords, dL/d atom_coords (:meth:`PairStructure.geometry_vjp`, whose grid-side operand is
+    y or dL/dy and atom-side operand dL/dX or X); it is not differentiable again.
     """
 
     @staticmethod
-    def forward(ctx, y: Tensor, coords: Tensor, atom_coords: Tensor, ps: PairStructure) -> Tensor:
-        ctx.ps = ps
-        ctx.save_for_backward(y)
-        return ps.gather(y)
+    def forward(ctx, x: Tensor, coords: Tensor, atom_coords: Tensor, ps: PairStructure,
+                gather: bool) -> Tensor:  # fmt: skip
+        ctx.ps, ctx.gather = ps, gather
+        ctx.save_for_backward(x)
+        return ps.gather(x) if gather else ps.scatter(x)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, gx: Tensor):
-        (y,) = ctx.saved_tensors
+    def backward(ctx, g: Tensor):
+        (x,) = ctx.saved_tensors
         ps = ctx.ps
-        bt, _, nf = y.shape
+        grid_side, atom_side = (x, g) if ctx.gather else (g, x)  # (Bt, ngrid, F), (Bt, natm, K, F)
+        c = grid_side.shape[0] * grid_side.shape[-1]
         g_pts, g_atm = ps.geometry_vjp(
-            y.permute(1, 0, 2).reshape(ps.ngrid, bt * nf),
-            gx.permute(1, 2, 0, 3).reshape(ps.natm, ps.K, bt * nf),
+            grid_side.permute(1, 0, 2).reshape(ps.ngrid, c),
+            atom_side.permute(1, 2, 0, 3).reshape(ps.natm, ps.K, c),
         )
-        return ps.scatter(gx), g_pts, g_atm, None
-
-
-class _ScatterGeometric(torch.autograd.Function):
-    """y = B X with B depending on the point and atom positions (nuclear gradients; first order)."""
-
-    @staticmethod
-    def forward(ctx, t: Tensor, coords: Tensor, atom_coords: Tensor, ps: PairStructure) -> Tensor:
-        ctx.ps = ps
-        ctx.save_for_backward(t)
-        return ps.scatter(t)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, gy: Tensor):
-        (t,) = ctx.saved_tensors
-        ps = ctx.ps
-        bt, _, _, nf = t.shape
-        g_pts, g_atm = ps.geometry_vjp(
-            gy.permute(1, 0, 2).reshape(ps.ngrid, bt * nf),
-            t.permute(1, 2, 0, 3).reshape(ps.natm, ps.K, bt * nf),
-        )
-        return ps.gather(gy), g_pts, g_atm, None
+        return (ps.scatter(g) if ctx.gather else ps.gather(g)), g_pts, g_atm, None, None
 
 
 def _moving(grid: Grid) -> bool:
@@ -450,13 +432,13 @@ def _moving(grid: Grid) -> bool:
 
 def _gather(y: Tensor, grid: Grid, ps: PairStructure) -> Tensor:
     if _moving(grid):
-        return _GatherGeometric.apply(y, grid.coords, grid.atom_coords.to(grid.coords), ps)
+        return _PairMapGeometric.apply(y, grid.coords, grid.atom_coords.to(grid.coords), ps, True)
     return _Gather.apply(y, ps)
 
 
 def _scatter(t: Tensor, grid: Grid, ps: PairStructure) -> Tensor:
     if _moving(grid):
-        return _ScatterGeometric.apply(t, grid.coords, grid.atom_coords.to(grid.coords), ps)
+        return _PairMapGeometric.apply(t, grid.coords, grid.atom_coords.to(grid.coords), ps, False)
     return _Scatter.apply(t, ps)
 
 
