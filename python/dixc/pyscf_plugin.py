@@ -20,7 +20,9 @@ geometry optimisation through ``pyscf.geomopt``) take their XC terms from
 routes ``pyscf.grad.rks.get_vxc`` and ``get_vxc_full_response`` to dixc when, and only when, the
 ``NumInt`` is a :class:`TorchNumInt`; every other functional runs PySCF's own code. A nonlocal
 functional needs the grid response (``grad.grid_response = True``; see that module). Analytic
-nuclear Hessians (``mf.Hessian()``) run through PySCF's pointwise path, local functionals only.
+nuclear Hessians (``mf.Hessian()``) and excited-state (TDA / TDDFT) nuclear gradients
+(``td.nuc_grad_method()``) run through PySCF's pointwise path (``eval_xc_eff`` to the third
+derivative k_xc, by autograd), local functionals only; a nonlocal one is refused with the reason.
 """
 
 from __future__ import annotations
@@ -41,12 +43,16 @@ __all__ = ["RKS", "TorchNumInt", "initial_guess"]
 def _make_libxc_shim(name: str, functional: XCFunctional) -> types.SimpleNamespace:
     """What PySCF asks ``ni.libxc`` about a functional, answered for a dixc functional."""
 
+    top = 3 if functional.is_local else 2
+
     def test_deriv_order(xc_code, deriv, raise_error=False):
-        ok = deriv <= 2
+        ok = deriv <= top
         if not ok and raise_error:
+            what = "k_xc (order 3)" if top == 3 else "f_xc (order 2): it is nonlocal"
             raise NotImplementedError(
-                f"dixc: functional {name} provides derivatives up to f_xc (order 2); PySCF "
-                f"asked for order {deriv} (e.g. TDDFT nuclear gradients), which dixc lacks"
+                f"dixc: functional {name} provides derivatives up to {what}; PySCF asked for "
+                f"order {deriv} (e.g. TDDFT nuclear gradients, which need the pointwise k_xc of "
+                "a local functional)"
             )
         return ok
 
@@ -65,9 +71,48 @@ def _make_libxc_shim(name: str, functional: XCFunctional) -> types.SimpleNamespa
         test_deriv_order=test_deriv_order,
         hybrid_coeff=lambda xc_code, spin=0: 0.0,
         rsh_coeff=lambda xc_code: (0.0, 0.0, 0.0),
-        max_deriv_order=lambda xc_code: 2,
+        max_deriv_order=lambda xc_code: top,
         xc_reference=lambda xc_code: [f"dixc functional {name}: {functional!r}"],
     )
+
+
+_POINT_CHUNK = 4096  # points per autograd pass of the pointwise derivatives (bounded graph)
+
+
+def _pointwise_derivatives(
+    f: XCFunctional, rho: torch.Tensor, deriv: int
+) -> tuple[torch.Tensor | None, ...]:
+    """e, de/dx, d^2e/dx^2, d^3e/dx^3 of a local functional's energy density at each point.
+
+    x are the ``nfeat`` rows of ``rho`` ``(nfeat, npts)``; the derivative tensors are
+    ``(nfeat,) * k + (npts,)`` (None above ``deriv``): one backward pass per row of the second
+    derivative and one per pair k <= l of the third, which is symmetric (a local functional's
+    points are independent, so summing over points before each backward loses nothing).
+    """
+    r = rho.detach().requires_grad_(True)
+    nf = r.shape[0]
+    v = f2 = k3 = None
+
+    def grad(y: torch.Tensor, create: bool) -> torch.Tensor:  # d(sum y)/d r; 0 if y is constant
+        if not y.requires_grad:
+            return torch.zeros_like(r)
+        (g,) = torch.autograd.grad(y.sum(), r, retain_graph=True, create_graph=create,
+                                   allow_unused=True)  # fmt: skip
+        return torch.zeros_like(r) if g is None else g
+
+    with torch.enable_grad():
+        e = f.energy_density(r)
+        if deriv >= 1:
+            v = grad(e, deriv >= 2)
+        if deriv >= 2:
+            f2 = torch.stack([grad(v[k], deriv >= 3) for k in range(nf)])
+        if deriv >= 3:
+            k3 = r.new_empty(nf, nf, nf, r.shape[1])
+            for k in range(nf):
+                for m in range(k, nf):
+                    k3[k, m] = k3[m, k] = grad(f2[k, m], False)
+    dt = lambda t: None if t is None else t.detach()  # noqa: E731
+    return e.detach(), dt(v), dt(f2), k3
 
 
 class TorchNumInt(numint.NumInt):
@@ -212,35 +257,48 @@ class TorchNumInt(numint.NumInt):
     # ---- pointwise evaluation, for PySCF code paths that call libxc-style APIs directly -------
     def eval_xc_eff(self, xc_code, rho, deriv=1, omega=None, xctype=None, spin=0,
                     verbose=None):  # fmt: skip
-        """exc (per particle), vxc, fxc of a local functional at points ``rho`` (PySCF layout)."""
+        """``(exc, vxc, fxc, kxc)`` of a local functional at points ``rho`` (PySCF's layout).
+
+        Args:
+            rho: ``(nvar, ngrid)`` (or ``(ngrid,)`` for LDA) total-density variables (rho, its
+                gradient, tau; PySCF's rows beyond ``functional.nfeat`` are ignored).
+            deriv: 0..3.
+
+        Returns:
+            exc ``(ngrid,)`` per particle; vxc ``(nfeat, ngrid)``, fxc ``(nfeat, nfeat, ngrid)``,
+            kxc ``(nfeat, nfeat, nfeat, ngrid)``: derivatives of the energy density with respect
+            to the variables (autograd, in chunks of ``_POINT_CHUNK`` points; None above
+            ``deriv``).
+        """
         f = self.functional
         if not f.is_local:
             raise NotImplementedError(
                 f"dixc: {self.name} is nonlocal; pointwise eval_xc_eff does not apply, and so "
-                "neither do PySCF code paths built on it (e.g. analytic Hessians); SCF, TDDFT, "
-                "CPHF, stability analysis and nuclear gradients (dixc.nuclear_grad) do"
+                "neither do PySCF code paths built on it (e.g. analytic Hessians, TDDFT nuclear "
+                "gradients); SCF, TDDFT, CPHF, stability analysis and nuclear gradients "
+                "(dixc.nuclear_grad) do"
             )
         if spin != 0:
             raise NotImplementedError("dixc: TorchNumInt is closed-shell restricted only")
+        if not 0 <= deriv <= 3:
+            raise NotImplementedError(f"dixc: eval_xc_eff derivatives of order 0-3, not {deriv}")
         r = torch.as_tensor(np.asarray(rho), dtype=torch.float64)
         if r.dim() == 1:
             r = r[None]
-        r = r[: f.nfeat].to(self.device).requires_grad_(True)
-        with torch.enable_grad():
-            e = f.energy_density(r)
-            out_e = e.detach()
-            v = f2 = None
-            if deriv >= 1:
-                (v,) = torch.autograd.grad(e.sum(), r, create_graph=deriv >= 2)
-            if deriv >= 2:
-                rows = [
-                    torch.autograd.grad(v[k].sum(), r, retain_graph=True)[0] for k in range(f.nfeat)
-                ]
-                f2 = torch.stack(rows)
-        rho0 = r.detach()[0]
-        exc = torch.where(rho0 > 0, out_e / torch.where(rho0 > 0, rho0, 1.0), 0.0)
-        conv = lambda t: None if t is None else t.detach().cpu().numpy()  # noqa: E731
-        return conv(exc), conv(v), conv(f2), None
+        r = r[: f.nfeat].to(self.device)
+        nf, ng = r.shape
+        e = r.new_empty(ng)
+        out = [r.new_empty((nf,) * k + (ng,)) if k <= deriv else None for k in (1, 2, 3)]
+        for a in range(0, ng, _POINT_CHUNK):
+            sl = slice(a, min(a + _POINT_CHUNK, ng))
+            e[sl], *parts = _pointwise_derivatives(f, r[:, sl], deriv)
+            for o, p in zip(out, parts, strict=True):
+                if o is not None:
+                    o[..., sl] = p
+        rho0 = r[0]
+        exc = torch.where(rho0 > 0, e / torch.where(rho0 > 0, rho0, 1.0), 0.0)
+        conv = lambda t: None if t is None else t.cpu().numpy()  # noqa: E731
+        return conv(exc), *(conv(o) for o in out)
 
     # ---- open shell: refused clearly ----------------------------------------------------------
     def _closed_shell_only(self, *args, **kwargs):
