@@ -31,7 +31,9 @@ nucleus see its angular factor turn as it moves); dixc's PySCF hook therefore as
 response there.
 
 Everything runs in dixc's ops (``eval_rho_fused`` for the features, ``eval_ao`` to second
-derivatives per block of points) on the functional's device, in bounded memory.
+derivatives per block of points) and Torch (the Becke weights as a differentiable function of
+the nuclear positions, whose derivative term is one vector-Jacobian product) on the functional's
+device, in bounded memory.
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ __all__ = ["scf_gradient", "xc_gradient_matrix", "xc_gradient_terms"]
 # Second-derivative components of eval_ao (xx, xy, xz, yy, yz, zz = 4..9) as a symmetric 3 x 3.
 _HESS = ((4, 5, 6), (5, 7, 8), (6, 8, 9))
 _AO_BLOCK_MB = 256.0  # memory of one block's AO values and derivatives (10 nao npts float64)
-_WEIGHT_DERIV_MB = 512.0  # Becke weight derivatives kept from the first pass (else recomputed)
 
 
 def xc_gradient_matrix(ao: torch.Tensor, v: torch.Tensor, xctype: str) -> torch.Tensor:
@@ -98,6 +99,152 @@ def _blocks(
     return [(a, slice(i, min(i + step, e))) for a, s, e in segments for i in range(s, e, step)]
 
 
+class _BeckeSmoothing(torch.autograd.Function):
+    """p(nu) of Becke's cell function and its derivative in one pass (first order only).
+
+    Original Becke: p = f(f(f(nu))), f(x) = (3 - x^2) x / 2, dp/dnu = (27/8) prod_k (1 - x_k^2)
+    over the three inputs x_k of f; Stratmann (a = 0.64): p = (35 m - 35 m^3 + 21 m^5 - 5 m^7)/16,
+    m = nu / a, dp/dnu = (35 / 16 a) (1 - m^2)^3, and p = sign(nu), dp/dnu = 0 for |nu| >= a.
+    A fused backward (one product) instead of autograd through the ~12 operations.
+    """
+
+    @staticmethod
+    def forward(ctx, nu, stratmann):
+        if stratmann:
+            m = nu / 0.64
+            m2 = m * m
+            p = m * (35.0 + m2 * (-35.0 + m2 * (21.0 - 5.0 * m2))) / 16.0
+            dp = (35.0 / 16.0 / 0.64) * (1.0 - m2) ** 3
+            inside = nu.abs() < 0.64
+            p = torch.where(inside, p, torch.sign(nu))
+            dp = torch.where(inside, dp, 0.0)
+        else:
+            x1 = (3.0 - nu * nu) * nu * 0.5
+            x2 = (3.0 - x1 * x1) * x1 * 0.5
+            p = (3.0 - x2 * x2) * x2 * 0.5
+            dp = (27.0 / 8.0) * (1.0 - nu * nu) * (1.0 - x1 * x1) * (1.0 - x2 * x2)
+        ctx.save_for_backward(dp)
+        return p
+
+    @staticmethod
+    def backward(ctx, grad):
+        (dp,) = ctx.saved_tensors
+        return grad * dp, None
+
+
+class BeckePartition:
+    """PySCF's grid-response quadrature as a differentiable function of the nuclear positions.
+
+    The points and weights PySCF's ``grids_response_cc`` yields, atom by atom (atom A's grid
+    moves with A): r_g = c_g + R_A and w_g = vol_g P_A(r_g) / sum_i P_i(r_g), with Becke's cell
+    functions P_i(r) = prod_{j != i} s(nu_ij(r)), nu_ij = mu_ij + a_ij (1 - mu_ij^2),
+    mu_ij = (|r - R_i| - |r - R_j|) / |R_i - R_j|, a_ij the Treutler/Becke size adjustment and
+    s(nu) = (1 - p(nu) + 1e-200) / 2 with p = f(f(f(nu))), f(x) = (3 - x^2) x / 2 (Becke's
+    original scheme) or Stratmann's polynomial (the two schemes PySCF's grid response supports).
+    Written in Torch, the weight term of the gradient, sum_g (dE/dw_g) (dw_g/dR), is one
+    vector-Jacobian product (:meth:`weight_vjp`), on the functional's device, instead of PySCF's
+    explicit derivatives (natm, 3, ngrid) per atom.
+
+    Args:
+        mol: the built ``pyscf.gto.Mole``.
+        grids: its PySCF ``Grids`` (atom grids, Becke scheme, radii adjustment as configured).
+        device: torch device.
+    """
+
+    def __init__(self, mol, grids, device: torch.device | str = "cpu") -> None:
+        from pyscf.dft import gen_grid, radi
+
+        if grids.becke_scheme not in (gen_grid.original_becke, gen_grid.stratmann):
+            raise NotImplementedError(
+                f"dixc: grid response for becke_scheme {grids.becke_scheme.__name__} is not "
+                "implemented (PySCF's neither): use original_becke or stratmann"
+            )
+        self.stratmann = grids.becke_scheme is gen_grid.stratmann
+        dev = torch.device(device)
+        tab = grids.gen_atomic_grids(mol, grids.atom_grid, grids.radi_method, grids.level,
+                                     grids.prune)  # fmt: skip
+        t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64).to(dev)  # noqa: E731
+        self.offsets = [t(tab[mol.atom_symbol(i)][0]) for i in range(mol.natm)]
+        self.vol = [t(tab[mol.atom_symbol(i)][1]) for i in range(mol.natm)]
+        self.atom_coords = t(mol.atom_coords())
+        natm = mol.natm
+        adjust = None
+        if grids.radii_adjust in (radi.treutler_atomic_radii_adjust,
+                                  radi.becke_atomic_radii_adjust):  # fmt: skip
+            rad = np.asarray(grids.atomic_radii)[mol.atom_charges()]
+            if grids.radii_adjust is radi.treutler_atomic_radii_adjust:
+                rad = np.sqrt(rad)
+            rad = rad + 1e-200
+            rr = rad.reshape(-1, 1) * (1.0 / rad)
+            adjust = np.clip(0.25 * (rr.T - rr), -0.5, 0.5)  # a_ij (other adjustments: none)
+        iu, ju = np.triu_indices(natm, 1)
+        self.pairs = (torch.as_tensor(iu).to(dev), torch.as_tensor(ju).to(dev))
+        self.adjust = None if adjust is None else t(adjust[iu, ju])
+        # points per chunk: ~12 float64 arrays of (points, natm, natm) within _AO_BLOCK_MB
+        self.chunk = max(64, int(_AO_BLOCK_MB * 2**20 / (12 * 8 * max(natm * natm, 1))))
+
+    def points(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coordinates ``(ngrid, 3)`` and owning atom ``(ngrid,)`` of the points, atom by atom."""
+        coords = torch.cat([c + r for c, r in zip(self.offsets, self.atom_coords, strict=True)])
+        owner = torch.cat([torch.full((len(c),), a, dtype=torch.long, device=c.device)
+                           for a, c in enumerate(self.offsets)])  # fmt: skip
+        return coords, owner
+
+    def _weights(self, atom: int, sl: slice, atom_coords: torch.Tensor) -> torch.Tensor:
+        # w_g = vol_g P_A / sum_i P_i, P_i = prod_{j != i} s_ij, s_ji = 1 - s_ij (+1e-200)
+        r = self.offsets[atom][sl] + atom_coords[atom]
+        dist = torch.linalg.norm(r[:, None, :] - atom_coords[None], dim=-1)  # (n, natm)
+        iu, ju = self.pairs
+        natm = atom_coords.shape[0]
+        p = self.vol[atom][sl]
+        if natm == 1:
+            return p.clone()
+        rij = torch.linalg.norm(atom_coords[iu] - atom_coords[ju], dim=-1)
+        g = (dist[:, iu] - dist[:, ju]) / rij
+        if self.adjust is not None:
+            g = g + self.adjust * (1.0 - g * g)
+        h = _BeckeSmoothing.apply(g, self.stratmann)
+        # P_i = prod_{j > i} s_ij prod_{j < i} s_ji as sign * exp(sum ln |s|): a sum over the
+        # pairs instead of a product over an (n, natm, natm) array (|s| >= 5e-201 but for
+        # rounding; s < 0 by rounding where Stratmann's polynomial passes 1, as in PySCF)
+        s_ij, s_ji = 0.5 * (1.0 - h + 1e-200), 0.5 * (1.0 + h + 1e-200)
+        log_cell = r.new_zeros(r.shape[0], natm)
+        log_cell = log_cell.index_add(1, iu, torch.log(s_ij.abs())).index_add(
+            1, ju, torch.log(s_ji.abs())
+        )
+        negative = torch.zeros_like(log_cell).index_add_(1, iu, (s_ij < 0).to(r.dtype))
+        negative.index_add_(1, ju, (s_ji < 0).to(r.dtype))
+        cell = torch.exp(log_cell) * (1.0 - 2.0 * torch.remainder(negative, 2.0))  # (n, natm)
+        return p * cell[:, atom] / cell.sum(dim=-1)
+
+    def weights(self) -> torch.Tensor:
+        """The quadrature weights ``(ngrid,)`` (PySCF's ``grids_response_cc`` w0, same order)."""
+        out = []
+        with torch.no_grad():
+            for a, c in enumerate(self.offsets):
+                for i in range(0, len(c), self.chunk):
+                    out.append(self._weights(a, slice(i, i + self.chunk), self.atom_coords))
+        return torch.cat(out)
+
+    def weight_vjp(self, de_dw: torch.Tensor) -> torch.Tensor:
+        """sum_g de_dw[g] dw_g/dR ``(natm, 3)`` (points moving with their atoms), chunk by chunk."""
+        out = torch.zeros_like(self.atom_coords)
+        if out.shape[0] == 1:  # one atom: w = vol, whatever its position
+            return out
+        start = 0
+        for a, c in enumerate(self.offsets):
+            for i in range(0, len(c), self.chunk):
+                sl = slice(i, min(i + self.chunk, len(c)))
+                n = sl.stop - sl.start
+                with torch.enable_grad():
+                    rr = self.atom_coords.detach().requires_grad_(True)
+                    w = self._weights(a, sl, rr)
+                    (g,) = torch.autograd.grad((w * de_dw[start : start + n]).sum(), rr)
+                out += g
+                start += n
+        return out
+
+
 def _energy_derivatives(
     functional: XCFunctional, rho: torch.Tensor, grid: Grid
 ) -> tuple[torch.Tensor, ...]:
@@ -136,8 +283,9 @@ def xc_gradient_terms(
         functional: any dixc functional (float64).
         dm: ``(nao, nao)`` total (closed-shell) density matrix.
         grid_response: include the motion of the grid with the atoms (points and weights);
-            the points are then regenerated atom by atom as PySCF's ``grids_response_cc``
-            does, the same points and weights as ``grids`` in another order.
+            the points and weights are then regenerated atom by atom as PySCF's
+            ``grids_response_cc`` does (:class:`BeckePartition`; the points and weights of
+            ``grids`` in another order, before any pruning by density).
         device: torch device of the grid work.
 
     Returns:
@@ -145,7 +293,6 @@ def xc_gradient_terms(
         ``(3, nao, nao)`` minus the matrix M summed over the grid, as PySCF's
         ``get_vxc_full_response`` returns them (the caller adds 2 sum_{m in A} vmat D per atom).
     """
-    from pyscf.grad import rks as rks_grad
 
     if grids.coords is None:
         grids.build()
@@ -156,17 +303,10 @@ def xc_gradient_terms(
     if d.dim() != 2:
         raise NotImplementedError("dixc: nuclear gradients for one closed-shell density only")
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64).to(dev)  # noqa: E731
-    if grid_response:
-        # points and weights per atom; the weight derivatives (natm, 3, n) kept while small
-        parts, kept, held = [], [], 0
-        for c, w, w1 in rks_grad.grids_response_cc(grids):
-            parts.append((c, w))
-            held += w1.nbytes
-            kept.append(w1 if held <= _WEIGHT_DERIV_MB * 2**20 else None)
-        owner = torch.cat([torch.full((len(w),), a, dtype=torch.long) for a, (_, w) in
-                           enumerate(parts)]).to(dev)  # fmt: skip
-        coords = t(np.concatenate([c for c, _ in parts]))
-        weights = t(np.concatenate([w for _, w in parts]))
+    if grid_response:  # PySCF's grid-response points and weights, atom by atom
+        becke = BeckePartition(mol, grids, dev)
+        coords, owner = becke.points()
+        weights = becke.weights()
     else:
         coords, weights, owner = t(grids.coords), t(grids.weights), None
     atom_coords = t(mol.atom_coords())
@@ -191,15 +331,7 @@ def xc_gradient_terms(
             exc1[atom] += 2.0 * torch.einsum("xij,ji->x", m, d)
     if owner is not None:
         exc1.index_add_(0, owner, de_dr)  # (c) points
-        again = None if all(w1 is not None for w1 in kept) else rks_grad.grids_response_cc(grids)
-        start = 0
-        for (_, w), w1 in zip(parts, kept, strict=True):
-            if again is not None:
-                w1 = next(again)[2]
-            n = len(w)
-            # (b) weights: sum_g dE/dw_g dw_g/dR
-            exc1 += torch.einsum("g,axg->ax", de_dw[start : start + n], t(w1))
-            start += n
+        exc1 += becke.weight_vjp(de_dw)  # (b) weights: sum_g dE/dw_g dw_g/dR
     return exc1.cpu().numpy(), -vmat.cpu().numpy()
 
 
