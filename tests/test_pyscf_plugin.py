@@ -207,7 +207,7 @@ def test_becke_partition_equals_pyscf_grid_response(scheme, radii):
     assert np.abs(becke.weights().numpy() - w).max() == 0.0
     assert np.abs(becke.weight_vjp(torch.ones(len(w), dtype=torch.float64)).numpy()).max() == 0
     grids.becke_scheme = gen_grid.becke_lko
-    with pytest.raises(NotImplementedError, match="becke_lko.*original_becke or stratmann"):
+    with pytest.raises(NotImplementedError, match=r"becke_lko.*original_becke or stratmann"):
         BeckePartition(mol, grids)
 
 
