@@ -496,3 +496,30 @@ def test_xc_gradient_terms_on_cuda_equal_cpu(name):
         e_gpu, v_gpu = xc_gradient_terms(mol, grids, f_gpu, dm, grid_response, "cuda")
         assert np.abs(v_gpu - v_cpu).max() < 1e-11 * np.abs(v_cpu).max()
         assert np.abs(e_gpu - e_cpu).max() < 1e-11 * max(np.abs(e_cpu).max(), 1e-300)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["pbe", "xcdiff"])
+def test_pointwise_derivatives_and_becke_partition_on_cuda_equal_cpu(name):
+    """eval_xc_eff to k_xc with the functional on CUDA, and the Torch Becke partition (weights and
+    their vector-Jacobian product) on CUDA, equal the CPU's to 1e-11 relative to each tensor's
+    largest element."""
+    import copy
+
+    from dixc.nuclear_grad import BeckePartition
+
+    f = perturbed(dixc.functionals.create(name), scale=0.05, seed=0)
+    mol, ref = native("water", "PBE")
+    ao = ref._numint.eval_ao(mol, ref.grids.coords[::7], deriv=1)
+    rho = ref._numint.eval_rho(mol, ao, ref.make_rdm1(), xctype="MGGA", with_lapl=False)
+    rho = rho[: f.nfeat]
+    cpu = pyscf_plugin.TorchNumInt(f).eval_xc_eff("x", rho, deriv=3)
+    gpu = pyscf_plugin.TorchNumInt(copy.deepcopy(f).to("cuda"), device="cuda")
+    for c, g in zip(cpu, gpu.eval_xc_eff("x", rho, deriv=3), strict=True):
+        assert np.abs(g - c).max() <= 1e-11 * np.abs(c).max()
+    u = torch.randn(sum(len(w) for w in BeckePartition(mol, ref.grids).vol), dtype=torch.float64)
+    parts = [BeckePartition(mol, ref.grids, dev) for dev in ("cpu", "cuda")]
+    w_cpu, w_gpu = (p.weights().cpu() for p in parts)
+    assert (w_gpu - w_cpu).abs().max() <= 1e-11 * w_cpu.abs().max()
+    v_cpu, v_gpu = (p.weight_vjp(u.to(p.atom_coords.device)).cpu() for p in parts)
+    assert (v_gpu - v_cpu).abs().max() <= 1e-11 * v_cpu.abs().max()
