@@ -46,7 +46,13 @@ from dixc.basis import pack_basis
 from dixc.functionals.base import XCFunctional
 from dixc.grid import Grid, nuclear_charges
 
-__all__ = ["scf_gradient", "xc_gradient_matrix", "xc_gradient_terms"]
+__all__ = [
+    "BeckePartition",
+    "excited_state_gradients",
+    "scf_gradient",
+    "xc_gradient_matrix",
+    "xc_gradient_terms",
+]
 
 # Second-derivative components of eval_ao (xx, xy, xz, yy, yz, zz = 4..9) as a symmetric 3 x 3.
 _HESS = ((4, 5, 6), (5, 7, 8), (6, 8, 9))
@@ -362,3 +368,65 @@ def scf_gradient(ctx, functional: XCFunctional, res) -> np.ndarray:
     t = lambda x: x.detach().cpu().numpy()  # noqa: E731
     out = grad.kernel(mo_energy=t(res.mo_energy), mo_coeff=t(res.mo_coeff), mo_occ=t(res.mo_occ))
     return np.asarray(out)
+
+
+def excited_state_gradients(
+    ctx, functional: XCFunctional, mo_coeff, mo_energy, e, xy, method: str
+) -> np.ndarray:
+    """dE_n/dR ``(n_states, natm, 3)`` (Hartree / Bohr), E_n = E_SCF + omega_n, of singlet
+    excitations computed by :class:`dixc.evaluate.tddft.LinearResponse`.
+
+    PySCF's TDA / TDDFT nuclear gradients (Z-vector, orbital relaxation) with ``functional`` as a
+    drop-in (:mod:`dixc.pyscf_plugin`: pointwise f_xc and k_xc by autograd) on the context's grid,
+    with dixc's amplitudes converted to PySCF's convention (x^2 - y^2 = 1/2, X - Y from
+    (A - B)(X - Y) = omega (X + Y) with A - B diagonal: no exact exchange). As in PySCF, the grid
+    does not respond to the atoms here (the ground-state ``scf_gradient`` includes it).
+
+    Args:
+        ctx: the :class:`dixc.context.MolContext` of the SCF (exact J: PySCF has no
+            density-fitted excited-state gradients).
+        functional: the SCF's functional (local: PySCF's path needs pointwise k_xc).
+        mo_coeff: ``(nao, nmo)`` canonical orbitals of the amplitudes, occupied first.
+        mo_energy: ``(nmo,)`` their orbital energies.
+        e: ``(n_states,)`` excitation energies (Hartree).
+        xy: ``(n_states, nvir, nocc)`` X (TDA, unit norm) or X + Y (RPA, (X + Y).(X - Y) = 1).
+        method: 'tda' or 'rpa'.
+
+    Raises:
+        ValueError: the context has density-fitted (or no) Coulomb integrals.
+        NotImplementedError: the functional is nonlocal.
+    """
+    from dixc import pyscf_plugin
+
+    if ctx.eri is None:
+        raise ValueError(
+            f"dixc: excited-state gradients of {ctx.name} need exact Coulomb integrals "
+            "(coulomb='exact', dixc run --coulomb exact): PySCF has no density-fitted TDDFT "
+            "gradients"
+        )
+    if not functional.is_local:
+        raise NotImplementedError(
+            f"dixc: excited-state gradients need a local functional ({type(functional).__name__} "
+            "is nonlocal): PySCF's TDDFT gradients are built on pointwise kernels"
+        )
+    t = lambda x: np.asarray(x.detach().cpu().numpy() if torch.is_tensor(x) else x)  # noqa: E731
+    c, eps, omega, amp = t(mo_coeff), t(mo_energy), t(e), t(xy)
+    nocc = ctx.nocc
+    mf = pyscf_plugin.RKS(ctx.mol, functional, device=ctx.device, verbose=0)
+    mf.grids = ctx.grids
+    occ = np.zeros(c.shape[1])
+    occ[:nocc] = 2.0
+    mf.mo_coeff, mf.mo_energy, mf.mo_occ, mf.converged = c, eps, occ, True
+    td = mf.TDA() if method == "tda" else mf.TDDFT()
+    pairs: list[tuple[np.ndarray, np.ndarray | int]] = []
+    for w, a in zip(omega, amp, strict=True):
+        if method == "tda":
+            pairs.append((np.sqrt(0.5) * a.T, 0))
+        else:
+            xmy = w * a / (eps[nocc:, None] - eps[None, :nocc])
+            pairs.append((np.sqrt(0.5) * 0.5 * (a + xmy).T, np.sqrt(0.5) * 0.5 * (a - xmy).T))
+    td.e, td.xy, td.converged = omega, pairs, np.ones(len(omega), dtype=bool)
+    td.nstates = len(omega)
+    grad = td.nuc_grad_method()
+    grad.verbose = 0
+    return np.stack([np.asarray(grad.kernel(state=k + 1)) for k in range(len(omega))])

@@ -60,6 +60,9 @@ class RunConfig:
         opt_maxsteps: geometry steps at most.
         forces: the analytic nuclear gradient of the SCF energy at the final geometry (the
             functional's XC terms with the grid response, J as in the SCF).
+        tddft_forces: the analytic nuclear gradients of the excited states' total energies
+            E_SCF + omega_n (PySCF's TDA/TDDFT gradients with the functional as a drop-in; local
+            functionals, exact J, needs ``n_states`` > 0).
     """
 
     basis: str = "def2-svp"
@@ -77,6 +80,23 @@ class RunConfig:
     optimize: bool = False
     opt_maxsteps: int = 100
     forces: bool = False
+    tddft_forces: bool = False
+
+    def check(self, functional) -> None:
+        """Refuses settings that cannot work together (ValueError, naming the fix)."""
+        if self.tddft_forces:
+            if self.n_states <= 0:
+                raise ValueError("--tddft-forces needs --tddft N (the states to differentiate)")
+            if self.coulomb != "exact":
+                raise ValueError(
+                    "--tddft-forces needs --coulomb exact (PySCF has no density-fitted TDDFT "
+                    "gradients)"
+                )
+            if not functional.is_local:
+                raise ValueError(
+                    f"--tddft-forces needs a local functional ({type(functional).__name__} is "
+                    "nonlocal: PySCF's TDDFT gradients are built on pointwise kernels)"
+                )
 
     def reference_config(self, xc: str = "B3LYP"):
         """The :class:`dixc.reference.ReferenceConfig` of the same basis, ECPs and grid."""
@@ -307,7 +327,8 @@ def run_molecule(
 
         method = "tda" if config.tda else "rpa"
         try:
-            ex = LinearResponse(ctx, functional, res.mo_coeff).solve(config.n_states, method)
+            lr = LinearResponse(ctx, functional, res.mo_coeff)
+            ex = lr.solve(config.n_states, method)
         except ValueError as err:  # no gap / unstable ground state: named, the rest is kept
             row["excitations"] = {"method": method, "error": str(err)}
         else:
@@ -318,6 +339,14 @@ def run_molecule(
                 "f": [float(v) for v in f],
                 "converged": [bool(v) for v in ex.converged],
             }
+            if config.tddft_forces:
+                from dixc.nuclear_grad import excited_state_gradients
+
+                g = excited_state_gradients(
+                    ctx, functional, lr.mo_coeff, lr.mo_energy, ex.e, ex.xy, method
+                )
+                row["excitations"]["gradient"] = g.tolist()
+                row["excitations"]["gradient_max"] = [float(v) for v in np.abs(g).max(axis=(1, 2))]
     if config.hybrid:
         from dixc.evaluate.hybrid import hybrid_scf_runs
 
@@ -423,6 +452,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     hyb = any("hybrid" in r for r in rows)
     opt = any("optimization" in r for r in rows)
     forces = any("gradient" in r for r in rows)
+    ex_forces = any("gradient" in (r.get("excitations") or {}) for r in rows)
     head = ["molecule", "formula", "SCF", "E (Eh)", "HOMO (eV)", "gap (eV)", "dipole (D)"]
     if opt:
         head.insert(2, "geometry steps")
@@ -430,6 +460,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         head.append("max |dE/dR| (Eh/Bohr)")
     if n:
         head.append("excitations eV (f)")
+    if ex_forces:
+        head.append("excited max |dE/dR| (Eh/Bohr)")
     if hyb:
         xc = next(r["hybrid"]["xc"] for r in rows if "hybrid" in r)
         head.append(f"{xc} cycles default / learned")
@@ -453,6 +485,9 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                 cells.append(f"{r['gradient_max']:.2e}" if "gradient" in r else "-")
             if n:
                 cells.append(_excitations_cell(r.get("excitations")))
+            if ex_forces:
+                gmax = (r.get("excitations") or {}).get("gradient_max")
+                cells.append(", ".join(f"{v:.2e}" for v in gmax) if gmax else "-")
             if hyb:
                 cells.append(_hybrid_cell(r.get("hybrid")))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -498,6 +533,12 @@ def _parser() -> argparse.ArgumentParser:
         "--forces",
         action="store_true",
         help="also the analytic nuclear gradient (Eh/Bohr) of the SCF energy",
+    )
+    p.add_argument(
+        "--tddft-forces",
+        action="store_true",
+        help="also the nuclear gradients (Eh/Bohr) of the --tddft states' total energies "
+        "(local functionals, --coulomb exact)",
     )
     p.add_argument(
         "--json",
@@ -550,6 +591,7 @@ def main(argv: list[str]) -> int:
         device=args.device,
         optimize=args.opt,
         forces=args.forces,
+        tddft_forces=args.tddft_forces,
         opt_maxsteps=args.opt_maxsteps,
     )
     try:
@@ -557,6 +599,7 @@ def main(argv: list[str]) -> int:
 
         check_device(args.device)
         functional, info = load_checkpoint(args.functional, device=args.device)
+        config.check(functional)
         check_basis_names(config.reference_config())
         if config.optimize:
             _check_optimizable()
