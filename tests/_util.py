@@ -192,3 +192,33 @@ def toy_molecule(
     feats = torch.cat([rho[None], grad.T, tau[None]])
     grid = Grid(coords, w, pos, torch.tensor(charges, dtype=torch.int64))
     return feats, grid
+
+
+def exact_states(mf, kind: str, n: int):
+    """The n lowest singlets of ``mf``'s response matrix (PySCF's, applied to the identity),
+    diagonalised exactly: ``(omega (n,), PySCF td.xy)``. No Davidson: its convergence flags flip
+    on rounding near a tight conv_tol (seen for native and dixc operators alike)."""
+    from dixc.nuclear_grad import pyscf_amplitudes
+
+    vind, hdiag = getattr(mf, kind)().gen_vind()
+    m = vind(np.eye(hdiag.size))
+    w, v = np.linalg.eigh(0.5 * (m + m.T))
+    nocc = int((mf.mo_occ > 0).sum())
+    eps = np.asarray(mf.mo_energy)
+    z = v[:, :n].T.reshape(n, nocc, -1).transpose(0, 2, 1)  # (n, nvir, nocc), unit norm
+    if kind == "TDA":
+        e, xy = w[:n], z
+    else:  # PySCF's pure-DFT matrix D^1/2 (A + B) D^1/2 gives omega^2; X + Y = D^1/2 z / omega^1/2
+        e = np.sqrt(w[:n])
+        xy = np.sqrt(eps[nocc:, None] - eps[None, :nocc]) * z / np.sqrt(e)[:, None, None]
+    return e, pyscf_amplitudes(e, xy, eps, nocc, "tda" if kind == "TDA" else "rpa")
+
+
+def excited_gradient(mf, kind: str, states, state: int = 1, cphf_tol: float = 1e-8):
+    """PySCF's TDA / TDDFT nuclear gradient of ``state`` (1-based) with the given amplitudes."""
+    td = getattr(mf, kind)()
+    td.e, td.xy = states
+    td.nstates, td.converged = len(td.e), np.ones(len(td.e), dtype=bool)
+    g = td.nuc_grad_method()
+    g.verbose, g.cphf_conv_tol = 0, cphf_tol
+    return g.kernel(state=state)

@@ -49,6 +49,7 @@ from dixc.grid import Grid, nuclear_charges
 __all__ = [
     "BeckePartition",
     "excited_state_gradients",
+    "pyscf_amplitudes",
     "scf_gradient",
     "xc_gradient_matrix",
     "xc_gradient_terms",
@@ -370,6 +371,31 @@ def scf_gradient(ctx, functional: XCFunctional, res) -> np.ndarray:
     return np.asarray(out)
 
 
+def pyscf_amplitudes(
+    e: np.ndarray, xy: np.ndarray, mo_energy: np.ndarray, nocc: int, method: str
+) -> list[tuple[np.ndarray, np.ndarray | int]]:
+    """dixc's singlet amplitudes as PySCF's ``td.xy``: one ``(x, y)`` per state, ``(nocc, nvir)``
+    each (y = 0 for TDA), normalised as x.x - y.y = 1/2.
+
+    Args:
+        e: ``(n,)`` excitation energies (Hartree).
+        xy: ``(n, nvir, nocc)`` X (TDA, unit norm) or X + Y (RPA, (X + Y).(X - Y) = 1), in
+            canonical orbitals with energies ``mo_energy``; for RPA, X - Y follows from
+            (A - B)(X - Y) = omega (X + Y), A - B = diag(e_a - e_i) (no exact exchange).
+        mo_energy: ``(nmo,)`` orbital energies, occupied first.
+        nocc: doubly occupied orbitals.
+        method: 'tda' or 'rpa'.
+    """
+    out: list[tuple[np.ndarray, np.ndarray | int]] = []
+    for w, a in zip(e, xy, strict=True):
+        if method == "tda":
+            out.append((np.sqrt(0.5) * a.T, 0))
+        else:
+            xmy = w * a / (mo_energy[nocc:, None] - mo_energy[None, :nocc])
+            out.append((np.sqrt(0.5) * 0.5 * (a + xmy).T, np.sqrt(0.5) * 0.5 * (a - xmy).T))
+    return out
+
+
 def excited_state_gradients(
     ctx, functional: XCFunctional, mo_coeff, mo_energy, e, xy, method: str
 ) -> np.ndarray:
@@ -418,13 +444,7 @@ def excited_state_gradients(
     occ[:nocc] = 2.0
     mf.mo_coeff, mf.mo_energy, mf.mo_occ, mf.converged = c, eps, occ, True
     td = mf.TDA() if method == "tda" else mf.TDDFT()
-    pairs: list[tuple[np.ndarray, np.ndarray | int]] = []
-    for w, a in zip(omega, amp, strict=True):
-        if method == "tda":
-            pairs.append((np.sqrt(0.5) * a.T, 0))
-        else:
-            xmy = w * a / (eps[nocc:, None] - eps[None, :nocc])
-            pairs.append((np.sqrt(0.5) * 0.5 * (a + xmy).T, np.sqrt(0.5) * 0.5 * (a - xmy).T))
+    pairs = pyscf_amplitudes(omega, amp, eps, nocc, method)
     td.e, td.xy, td.converged = omega, pairs, np.ones(len(omega), dtype=bool)
     td.nstates = len(omega)
     grad = td.nuc_grad_method()
