@@ -9,6 +9,9 @@ For each molecule (def2-SVP, grid level 3, PySCF PBE's converged density), inter
 * dixc with XCdiff (learned meta-GGA) and EG-XC (nonlocal; grid response only): no peer exists
   (PySCF has no nonlocal-functional gradients); their time next to one V_xc evaluation.
 
+With ``--excited``: the excited-state (TDA, first singlet) gradient instead, PySCF's code with libxc
+PBE vs dixc's PBE and XCdiff as drop-ins (pointwise f_xc, k_xc by autograd), same amplitudes.
+
 Run with ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=68719476736`` (glibc's malloc
 otherwise page-faults on large torch allocations on these VMs)::
 
@@ -103,6 +106,59 @@ def bench_molecule(name: str, repeat: int, basis: str, level: int) -> list[dict]
     return rows
 
 
+def bench_excited(name: str, repeat: int, basis: str, level: int) -> list[dict]:
+    """Excited-state (TDA, first singlet) nuclear gradient: PySCF with libxc PBE vs the same code
+    with dixc's PBE and a learned meta-GGA (XCdiff) as drop-ins (pointwise f_xc and k_xc by
+    autograd), at PySCF PBE's orbitals and TDA amplitudes."""
+    from pyscf import dft
+
+    import dixc.functionals
+    from dixc import pyscf_plugin
+    from dixc.molecules import mole
+
+    mol = mole(name, basis)
+    ref = dft.RKS(mol, xc="PBE")
+    ref.grids.level, ref.conv_tol, ref.verbose = level, 1e-10, 0
+    ref.kernel()
+    td_ref = ref.TDA()
+    td_ref.nstates, td_ref.verbose = 1, 0
+    td_ref.kernel()
+    torch.manual_seed(0)
+    grads = {"pyscf": td_ref.nuc_grad_method()}
+    for fname in ("pbe", "xcdiff"):
+        mf = pyscf_plugin.RKS(mol, dixc.functionals.create(fname), verbose=0)
+        mf.grids = ref.grids
+        mf.mo_coeff, mf.mo_energy, mf.mo_occ = ref.mo_coeff, ref.mo_energy, ref.mo_occ
+        td = mf.TDA()
+        td.e, td.xy, td.nstates, td.converged = td_ref.e, td_ref.xy, 1, td_ref.converged
+        grads[fname] = td.nuc_grad_method()
+    for g in grads.values():
+        g.verbose = 0
+    names = list(grads)
+    fns = [lambda g=grads[k]: g.kernel(state=1) for k in names]
+    times = time_interleaved(fns, repeat=repeat, warmup=1)
+    med = {k: statistics.median(t) * 1e3 for k, t in zip(names, times, strict=True)}
+    err = float(np.abs(fns[names.index("pbe")]() - fns[0]()).max())
+    print(f"{name:18s} TDA gradient: PySCF {med['pyscf']:8.1f} ms  dixc PBE {med['pbe']:8.1f} ms"
+          f"  XCdiff {med['xcdiff']:8.1f} ms  err {err:.1e}", flush=True)  # fmt: skip
+    row = {"molecule": name, "atoms": mol.natm, "nao": mol.nao, "grid": ref.grids.weights.size}
+    return [{**row, **{f"{k}_ms": v for k, v in med.items()}, "err": err}]
+
+
+def markdown_excited(rows: list[dict]) -> str:
+    out = [
+        "| molecule | atoms | nao | grid | PySCF (libxc PBE) ms | dixc PBE ms | ratio "
+        "| max abs err | dixc XCdiff ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [r["molecule"], r["atoms"], r["nao"], r["grid"], f"{r['pyscf_ms']:.0f}",
+                 f"{r['pbe_ms']:.0f}", f"{r['pbe_ms'] / r['pyscf_ms']:.2f}", f"{r['err']:.1e}",
+                 f"{r['xcdiff_ms']:.0f}"]  # fmt: skip
+        out.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(out)
+
+
 def markdown(rows: list[dict]) -> str:
     out = [
         "| molecule | atoms | nao | grid | functional | grid response | dixc ms | PySCF (libxc "
@@ -130,14 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid-level", type=int, default=3)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--excited", action="store_true", help="excited-state (TDA) gradients instead")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for name in args.molecules:
-        rows += bench_molecule(name, args.repeat, args.basis, args.grid_level)
+        if args.excited:
+            rows += bench_excited(name, args.repeat, args.basis, args.grid_level)
+        else:
+            rows += bench_molecule(name, args.repeat, args.basis, args.grid_level)
     print()
-    print(markdown(rows))
+    print(markdown_excited(rows) if args.excited else markdown(rows))
     return 0
 
 
