@@ -342,6 +342,16 @@ def xc_gradient_terms(
     return exc1.cpu().numpy(), -vmat.cpu().numpy()
 
 
+def _drop_in(ctx, functional: XCFunctional):
+    """PySCF's RKS with ``functional`` as a drop-in on the context's molecule, grid and device
+    (importing :mod:`dixc.pyscf_plugin` routes PySCF's XC gradient terms to this module)."""
+    from dixc import pyscf_plugin
+
+    mf = pyscf_plugin.RKS(ctx.mol, functional, device=ctx.device, verbose=0)
+    mf.grids = ctx.grids
+    return mf
+
+
 def scf_gradient(ctx, functional: XCFunctional, res) -> np.ndarray:
     """dE_SCF/dR ``(natm, 3)`` (Hartree / Bohr) at a converged dixc SCF of ``functional``.
 
@@ -355,12 +365,9 @@ def scf_gradient(ctx, functional: XCFunctional, res) -> np.ndarray:
         functional: the SCF's functional.
         res: the SCF result (``mo_energy``, ``mo_coeff``, ``mo_occ``; see :mod:`dixc.scf`).
     """
-    from dixc import pyscf_plugin
-
     if ctx.cderi is None and ctx.eri is None:
         raise ValueError(f"dixc: the context of {ctx.name} has no Coulomb operator (coulomb=none)")
-    mf = pyscf_plugin.RKS(ctx.mol, functional, device=ctx.device, verbose=0)
-    mf.grids = ctx.grids
+    mf = _drop_in(ctx, functional)
     if ctx.cderi is not None:
         mf = mf.density_fit(auxbasis=ctx.auxbasis)
     grad = mf.nuc_grad_method()
@@ -422,8 +429,6 @@ def excited_state_gradients(
         ValueError: the context has density-fitted (or no) Coulomb integrals.
         NotImplementedError: the functional is nonlocal.
     """
-    from dixc import pyscf_plugin
-
     if ctx.eri is None:
         raise ValueError(
             f"dixc: excited-state gradients of {ctx.name} need exact Coulomb integrals "
@@ -438,8 +443,7 @@ def excited_state_gradients(
     t = lambda x: np.asarray(x.detach().cpu().numpy() if torch.is_tensor(x) else x)  # noqa: E731
     c, eps, omega, amp = t(mo_coeff), t(mo_energy), t(e), t(xy)
     nocc = ctx.nocc
-    mf = pyscf_plugin.RKS(ctx.mol, functional, device=ctx.device, verbose=0)
-    mf.grids = ctx.grids
+    mf = _drop_in(ctx, functional)
     occ = np.zeros(c.shape[1])
     occ[:nocc] = 2.0
     mf.mo_coeff, mf.mo_energy, mf.mo_occ, mf.converged = c, eps, occ, True
