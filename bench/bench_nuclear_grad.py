@@ -10,7 +10,8 @@ For each molecule (def2-SVP, grid level 3, PySCF PBE's converged density), inter
   (PySCF has no nonlocal-functional gradients); their time next to one V_xc evaluation.
 
 With ``--excited``: the excited-state (TDA, first singlet) gradient instead, PySCF's code with libxc
-PBE vs dixc's PBE and XCdiff as drop-ins (pointwise f_xc, k_xc by autograd), same amplitudes.
+PBE vs dixc's PBE and XCdiff as drop-ins (pointwise f_xc, k_xc by autograd), same amplitudes,
+each also with dixc's grid response added (``nuclear_grad.with_grid_response``; PySCF has none).
 
 Run with ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=68719476736`` (glibc's malloc
 otherwise page-faults on large torch allocations on these VMs)::
@@ -115,6 +116,7 @@ def bench_excited(name: str, repeat: int, basis: str, level: int) -> list[dict]:
     import dixc.functionals
     from dixc import pyscf_plugin
     from dixc.molecules import mole
+    from dixc.nuclear_grad import with_grid_response
 
     mol = mole(name, basis)
     ref = dft.RKS(mol, xc="PBE")
@@ -132,29 +134,35 @@ def bench_excited(name: str, repeat: int, basis: str, level: int) -> list[dict]:
         td = mf.TDA()
         td.e, td.xy, td.nstates, td.converged = td_ref.e, td_ref.xy, 1, td_ref.converged
         grads[fname] = td.nuc_grad_method()
+        grads[f"{fname}_response"] = with_grid_response(td.nuc_grad_method())
     for g in grads.values():
         g.verbose = 0
     names = list(grads)
     fns = [lambda g=grads[k]: g.kernel(state=1) for k in names]
     times = time_interleaved(fns, repeat=repeat, warmup=1)
     med = {k: statistics.median(t) * 1e3 for k, t in zip(names, times, strict=True)}
-    err = float(np.abs(fns[names.index("pbe")]() - fns[0]()).max())
+    g_ref, g_pbe, g_resp = (fns[names.index(k)]() for k in ("pyscf", "pbe", "pbe_response"))
+    err = float(np.abs(g_pbe - g_ref).max())
+    response = float(np.abs(g_resp - g_pbe).max())
     print(f"{name:18s} TDA gradient: PySCF {med['pyscf']:8.1f} ms  dixc PBE {med['pbe']:8.1f} ms"
-          f"  XCdiff {med['xcdiff']:8.1f} ms  err {err:.1e}", flush=True)  # fmt: skip
+          f" (+ grid response {med['pbe_response']:8.1f} ms)  XCdiff {med['xcdiff']:8.1f} ms"
+          f" (+ grid response {med['xcdiff_response']:8.1f} ms)  err {err:.1e}"
+          f"  response {response:.1e}", flush=True)  # fmt: skip
     row = {"molecule": name, "atoms": mol.natm, "nao": mol.nao, "grid": ref.grids.weights.size}
-    return [{**row, **{f"{k}_ms": v for k, v in med.items()}, "err": err}]
+    return [{**row, **{f"{k}_ms": v for k, v in med.items()}, "err": err, "response": response}]
 
 
 def markdown_excited(rows: list[dict]) -> str:
     out = [
         "| molecule | atoms | nao | grid | PySCF (libxc PBE) ms | dixc PBE ms | ratio "
-        "| max abs err | dixc XCdiff ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| max abs err | dixc XCdiff ms | + grid response: PBE ms | XCdiff ms | max response |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [r["molecule"], r["atoms"], r["nao"], r["grid"], f"{r['pyscf_ms']:.0f}",
                  f"{r['pbe_ms']:.0f}", f"{r['pbe_ms'] / r['pyscf_ms']:.2f}", f"{r['err']:.1e}",
-                 f"{r['xcdiff_ms']:.0f}"]  # fmt: skip
+                 f"{r['xcdiff_ms']:.0f}", f"{r['pbe_response_ms']:.0f}",
+                 f"{r['xcdiff_response_ms']:.0f}", f"{r['response']:.1e}"]  # fmt: skip
         out.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(out)
 

@@ -220,9 +220,11 @@ def test_forces_equal_pyscf_drop_in(tmp_path):
 def test_tddft_forces_equal_pyscf(tmp_path):
     """--tddft-forces: the nuclear gradients of the excited states' total energies (PBE water,
     exact J, 2 states; dixc's own SCF and Davidson amplitudes handed to PySCF's TDA / TDDFT
-    gradients) equal native PySCF's (libxc PBE, its own SCF, the exact eigenvectors of its
-    response matrix, same grid): 1e-6 Eh/Bohr (measured 2e-8 for both: dixc's default Davidson
-    tolerance, SCF to 1e-8);
+    gradients, grid response added) equal native PySCF's (libxc PBE, its own SCF, the exact
+    eigenvectors of its response matrix, same grid) plus the XC grid response of the densities
+    PySCF built (``excited_grid_response``, read from PySCF's hook in the test):
+    1e-6 Eh/Bohr (measured 2e-8 for both: dixc's default Davidson tolerance, SCF to 1e-8); the
+    response itself is 2.7e-5 - 2.8e-5 (without it the CLI would fail this);
     TDDFT through the CLI (JSON, table column), TDA in process. Settings that cannot work
     (no --tddft, density-fitted J, a nonlocal functional) are refused before any work."""
     path = write(tmp_path, "water", WATER)
@@ -235,16 +237,18 @@ def test_tddft_forces_equal_pyscf(tmp_path):
     rows = {"rpa": json.load(open(out))["molecules"][0]["excitations"]}
     config = RunConfig(grid_level=LEVEL, coulomb="exact", n_states=2, tda=True,
                        conv_tol_grad=1e-8, tddft_forces=True)  # fmt: skip
-    rows["tda"] = run_molecule(sources.xyz_molecules(path)[0], dixc.functionals.create("pbe"),
-                               config)[0]["excitations"]  # fmt: skip
+    pbe = dixc.functionals.create("pbe")
+    rows["tda"] = run_molecule(sources.xyz_molecules(path)[0], pbe, config)[0]["excitations"]
     for method, ex in rows.items():
         kind = "TDA" if method == "tda" else "TDDFT"
         states = exact_states(mf, kind, 2)
         g = np.array(ex["gradient"])
         assert g.shape == (2, 3, 3)
         for k in range(2):
-            want = excited_gradient(mf, kind, states, k + 1)
+            want = excited_gradient(mf, kind, states, k + 1, response=pbe)
             assert np.abs(g[k] - want).max() < 1e-6, (method, k, np.abs(g[k] - want).max())
+            fixed = excited_gradient(mf, kind, states, k + 1)
+            assert np.abs(fixed - want).max() > 1e-5
             assert ex["gradient_max"][k] == np.abs(g[k]).max() > 1e-2
     for args, why in (
         (("--tddft-forces",), "--tddft-forces needs --tddft N"),

@@ -30,6 +30,10 @@ are centred on the nuclei it is not a useful approximation (points a few 1e-4 Bo
 nucleus see its angular factor turn as it moves); dixc's PySCF hook therefore asks for the grid
 response there.
 
+The excited-state (TDA / TDDFT) gradients are PySCF's, with the grid response of the XC part of
+the TDDFT Lagrangian added (:func:`excited_grid_response`, through :func:`with_grid_response`):
+PySCF's own hold the grid fixed in space.
+
 Everything runs in dixc's ops (``eval_rho_fused`` for the features, ``eval_ao`` to second
 derivatives per block of points) and Torch (the Becke weights as a differentiable function of
 the nuclear positions, whose derivative term is one vector-Jacobian product) on the functional's
@@ -48,9 +52,11 @@ from dixc.grid import Grid, nuclear_charges
 
 __all__ = [
     "BeckePartition",
+    "excited_grid_response",
     "excited_state_gradients",
     "pyscf_amplitudes",
     "scf_gradient",
+    "with_grid_response",
     "xc_gradient_matrix",
     "xc_gradient_terms",
 ]
@@ -342,6 +348,166 @@ def xc_gradient_terms(
     return exc1.cpu().numpy(), -vmat.cpu().numpy()
 
 
+_POINT_CHUNK = 4096  # points per third-order autograd pass of the Lagrangian density
+
+
+def _lagrangian_derivatives(
+    functional: XCFunctional, rho0: torch.Tensor, rho_p: torch.Tensor, rho_t: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """l = e(x0) + e_u(x0) xP_u + 4 e_uv(x0) xT_u xT_v per point and its derivatives.
+
+    Args: the ``(nfeat, npts)`` features of the ground-state, relaxed difference and
+    transition densities. Returns ``(l (npts,), dl/dx0, dl/dxP, dl/dxT)`` (each
+    ``(nfeat, npts)``); one forward and three backward passes per chunk of ``_POINT_CHUNK``
+    points (a local functional's points are independent).
+    """
+    ell, d0, dp, dt = [], [], [], []
+    for a in range(0, rho0.shape[1], _POINT_CHUNK):
+        sl = slice(a, min(a + _POINT_CHUNK, rho0.shape[1]))
+        r = rho0[:, sl].detach().requires_grad_(True)
+        xp, xt = rho_p[:, sl], rho_t[:, sl]
+
+        def grad(y: torch.Tensor, create: bool, r=r) -> torch.Tensor:  # d(sum y)/dr, 0 if const
+            if not y.requires_grad:
+                return torch.zeros_like(r)
+            (g,) = torch.autograd.grad(y.sum(), r, create_graph=create, allow_unused=True)
+            return torch.zeros_like(r) if g is None else g
+
+        with torch.enable_grad():
+            e = functional.energy_density(r)
+            v = grad(e, True)  # e_u
+            h = grad((v * xt).sum(0), True)  # e_uv xT_v
+            ell_c = e + (v * xp).sum(0) + 4.0 * (h * xt).sum(0)
+            d0_c = grad(ell_c, False)
+        ell.append(ell_c.detach())
+        d0.append(d0_c)
+        dp.append(v.detach())
+        dt.append(8.0 * h.detach())
+    return torch.cat(ell), torch.cat(d0, 1), torch.cat(dp, 1), torch.cat(dt, 1)
+
+
+def excited_grid_response(
+    mol,
+    grids,
+    functional: XCFunctional,
+    dm0: np.ndarray,
+    dm_relaxed: np.ndarray,
+    dm_transition: np.ndarray,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """The grid response of the XC terms of a singlet TDA / TDDFT nuclear gradient ``(natm, 3)``.
+
+    PySCF's excited-state gradient (``pyscf.grad.tdrks.grad_elec``) differentiates the XC part
+    of the TDDFT Lagrangian with the grid held fixed in space. For a local functional that part
+    is L_xc = sum_g w_g l(r_g) with
+
+        l = e(x0) + e_u(x0) xP_u + 4 e_uv(x0) xT_u xT_v
+
+    (x0, xP, xT: the features of the ground-state density D0, the relaxed difference density P
+    (difference density plus Z-vector) and the transition density T = (X + Y)_AO with PySCF's
+    normalisation x.x - y.y = 1/2; e_u, e_uv: derivatives of the energy density; the 4 is the
+    singlet kernel's 2 (f_aa + f_ab = 2 e'') times the 2 of that normalisation). With the grid
+    moving with the atoms (PySCF's ``grids_response_cc`` quadrature, :class:`BeckePartition`),
+    its derivative gains
+
+        sum_{g in A} w_g sum_k dl/dx_k . grad x_k(r_g)  +  sum_g l_g dw_g/dR_A,
+
+    computed as in :func:`xc_gradient_terms` (2 tr(M^(A)(w dl/dx_k) D_k) per density k, one
+    vector-Jacobian product through the Becke weights). Adding it to PySCF's gradient makes the
+    excited-state gradient the derivative of E_SCF + omega computed on grids that move with the
+    atoms, as the ground-state ``grid_response`` does (:func:`with_grid_response` does that).
+
+    Args:
+        mol: the built ``pyscf.gto.Mole``.
+        grids: the PySCF ``Grids`` of the SCF and response (unpruned by density).
+        functional: a local dixc functional (float64).
+        dm0: ``(nao, nao)`` ground-state density matrix (2 C_occ C_occ^T).
+        dm_relaxed: ``(nao, nao)`` relaxed difference density (PySCF's ``dmz1doo``; symmetrised).
+        dm_transition: ``(nao, nao)`` transition density (PySCF's ``dmxpy``; symmetrised).
+        device: torch device of the grid work.
+
+    Raises:
+        NotImplementedError: the functional is nonlocal.
+        ValueError: ``grids`` is not the Becke partition of its atom grids (pruned by density).
+    """
+    if not functional.is_local:
+        raise NotImplementedError(
+            f"dixc: the excited-state grid response needs a local functional "
+            f"({type(functional).__name__} is nonlocal)"
+        )
+    if grids.coords is None:
+        grids.build()
+    dev = torch.device(device)
+    xctype, nfeat = functional.xctype, functional.nfeat
+    basis = pack_basis(mol).to(dev)
+    becke = BeckePartition(mol, grids, dev)
+    coords, owner = becke.points()
+    weights = becke.weights()
+    total = float(np.asarray(grids.weights).sum())  # PySCF pads with zero weights: count differs
+    if abs(total - float(weights.sum())) > 1e-10 * abs(total):
+        raise ValueError(
+            f"dixc: the grid of {mol.natm}-atom {''.join(mol.elements)} is not the Becke "
+            f"partition of its atom grids (weights sum to {total:.12g}, the partition's to "
+            f"{float(weights.sum()):.12g}): the grid response needs the unpruned partition (do "
+            "not prune the grid by density)"
+        )
+
+    def sym(a: np.ndarray) -> torch.Tensor:
+        a = torch.as_tensor(np.asarray(a), dtype=torch.float64).to(dev)
+        return 0.5 * (a + a.T)
+
+    dms = [sym(dm0), sym(dm_relaxed), sym(dm_transition)]
+    feats = [ops.eval_rho_fused(basis, coords, d, xctype)[:nfeat] for d in dms]
+    ell, *dl = _lagrangian_derivatives(functional, *feats)
+    vs = [weights * g for g in dl]  # dL/dx_k at each point, weights included
+    out = becke.weight_vjp(ell)  # sum_g l_g dw_g/dR
+    deriv = 1 if xctype == "LDA" else 2
+    for atom, sl in _blocks(owner, coords.shape[0], basis.nao, 4 if deriv == 1 else 10):
+        ao = ops.eval_ao(basis, coords[sl], deriv)
+        for d, v in zip(dms, vs, strict=True):  # the points of the block move with their atom
+            out[atom] += 2.0 * torch.einsum(
+                "xij,ji->x", xc_gradient_matrix(ao, v[:, sl], xctype), d
+            )
+    return out.cpu().numpy()
+
+
+def with_grid_response(td_grad):
+    """Adds the grid response to PySCF's TDA / TDDFT gradient object of a dixc drop-in.
+
+    ``td_grad`` (``td.nuc_grad_method()`` of :func:`dixc.pyscf_plugin.RKS`'s ``TDA()`` or
+    ``TDDFT()``, singlets) then returns the derivative of E_SCF + omega with the grid moving
+    with the atoms: :func:`excited_grid_response` is added through PySCF's ``extra_force``
+    hook (any hook already there is kept), once per state, from the densities PySCF built.
+
+    Returns:
+        ``td_grad`` (modified in place).
+    """
+    from dixc.pyscf_plugin import TorchNumInt
+
+    mf = td_grad.base._scf
+    ni = mf._numint
+    if not isinstance(ni, TorchNumInt):
+        raise TypeError(
+            "dixc: with_grid_response needs the gradient of a dixc drop-in "
+            "(dixc.pyscf_plugin.RKS(mol, functional).TDA() or .TDDFT())"
+        )
+    if not getattr(td_grad.base, "singlet", True):
+        raise NotImplementedError("dixc: the excited-state grid response is for singlets only")
+    previous = td_grad.extra_force
+    cache: dict = {}
+
+    def extra_force(atom_id, envs):
+        key = envs["dmz1doo"]  # one array per state; held here, so its identity is not reused
+        if cache.get("key") is not key:
+            g = excited_grid_response(td_grad.mol, mf.grids, ni.functional, 2.0 * envs["oo0"],
+                                      key, envs["dmxpy"], ni.device)  # fmt: skip
+            cache.update(key=key, value=g)
+        return previous(atom_id, envs) + cache["value"][atom_id]
+
+    td_grad.extra_force = extra_force
+    return td_grad
+
+
 def _drop_in(ctx, functional: XCFunctional):
     """PySCF's RKS with ``functional`` as a drop-in on the context's molecule, grid and device
     (importing :mod:`dixc.pyscf_plugin` routes PySCF's XC gradient terms to this module)."""
@@ -404,7 +570,14 @@ def pyscf_amplitudes(
 
 
 def excited_state_gradients(
-    ctx, functional: XCFunctional, mo_coeff, mo_energy, e, xy, method: str
+    ctx,
+    functional: XCFunctional,
+    mo_coeff,
+    mo_energy,
+    e,
+    xy,
+    method: str,
+    grid_response: bool = True,
 ) -> np.ndarray:
     """dE_n/dR ``(n_states, natm, 3)`` (Hartree / Bohr), E_n = E_SCF + omega_n, of singlet
     excitations computed by :class:`dixc.evaluate.tddft.LinearResponse`.
@@ -412,8 +585,8 @@ def excited_state_gradients(
     PySCF's TDA / TDDFT nuclear gradients (Z-vector, orbital relaxation) with ``functional`` as a
     drop-in (:mod:`dixc.pyscf_plugin`: pointwise f_xc and k_xc by autograd) on the context's grid,
     with dixc's amplitudes converted to PySCF's convention (x^2 - y^2 = 1/2, X - Y from
-    (A - B)(X - Y) = omega (X + Y) with A - B diagonal: no exact exchange). As in PySCF, the grid
-    does not respond to the atoms here (the ground-state ``scf_gradient`` includes it).
+    (A - B)(X - Y) = omega (X + Y) with A - B diagonal: no exact exchange), and, unlike PySCF's
+    own, with the grid moving with the atoms (:func:`with_grid_response`), as ``scf_gradient``.
 
     Args:
         ctx: the :class:`dixc.context.MolContext` of the SCF (exact J: PySCF has no
@@ -424,6 +597,8 @@ def excited_state_gradients(
         e: ``(n_states,)`` excitation energies (Hartree).
         xy: ``(n_states, nvir, nocc)`` X (TDA, unit norm) or X + Y (RPA, (X + Y).(X - Y) = 1).
         method: 'tda' or 'rpa'.
+        grid_response: add the grid response of the XC terms (:func:`excited_grid_response`);
+            False gives PySCF's fixed-grid gradient.
 
     Raises:
         ValueError: the context has density-fitted (or no) Coulomb integrals.
@@ -453,4 +628,6 @@ def excited_state_gradients(
     td.nstates = len(omega)
     grad = td.nuc_grad_method()
     grad.verbose = 0
+    if grid_response:
+        with_grid_response(grad)
     return np.stack([np.asarray(grad.kernel(state=k + 1)) for k in range(len(omega))])
