@@ -23,7 +23,7 @@ from pyscf import dft, gto
 import dixc.functionals
 from _util import EGXC_SMALL, exact_states, excited_gradient, perturbed
 from dixc import pyscf_plugin, sources
-from dixc.run import RunConfig, run_molecule
+from dixc.run import RunConfig, _resumable_rows, run_molecule
 
 pytestmark = pytest.mark.slow
 
@@ -308,7 +308,8 @@ def test_json_is_written_per_molecule_and_resume_skips_what_is_done(tmp_path):
     assert [m["id"] for m in full["molecules"]] == ["water", "oh"]
     cut = dict(full, molecules=full["molecules"][:1])  # as if killed during the second molecule
     # ... by a dixc from before --forces: a setting it did not record takes its default
-    cut["config"] = {k: v for k, v in full["config"].items() if k != "forces"}
+    old_keys = ("forces", "tddft_grid_response")
+    cut["config"] = {k: v for k, v in full["config"].items() if k not in old_keys}
     with open(out, "w") as fh:
         json.dump(cut, fh)
     r = cli("pbe", a, b, *common, "--resume")
@@ -325,6 +326,16 @@ def test_json_is_written_per_molecule_and_resume_skips_what_is_done(tmp_path):
     assert r.returncode == 2 and "computed with other settings" in r.stderr
     r = cli("pbe", a, "--resume")
     assert r.returncode == 2 and "--resume needs --json FILE" in r.stderr
+    # excited-state forces from before the grid response existed are not what a run makes now
+    header = {k: full[k] for k in ("functional", "architecture", "functional_sha256")}
+    header["config"] = dict(full["config"], tddft_forces=True, n_states=1, coulomb="exact")
+    before = {k: v for k, v in header["config"].items() if k != "tddft_grid_response"}
+    old = dict(header, config=before, molecules=full["molecules"])
+    with open(out, "w") as fh:
+        json.dump(old, fh)
+    with pytest.raises(ValueError, match="computed with other settings"):
+        _resumable_rows(out, header)
+    assert len(_resumable_rows(out, dict(header, config=old["config"]))) == 2
 
 
 def test_info_describes_functional_files(tmp_path):

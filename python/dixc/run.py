@@ -61,8 +61,10 @@ class RunConfig:
         forces: the analytic nuclear gradient of the SCF energy at the final geometry (the
             functional's XC terms with the grid response, J as in the SCF).
         tddft_forces: the analytic nuclear gradients of the excited states' total energies
-            E_SCF + omega_n (PySCF's TDA/TDDFT gradients with the functional as a drop-in; local
-            functionals, exact J, needs ``n_states`` > 0).
+            E_SCF + omega_n (PySCF's TDA/TDDFT gradients with the functional as a drop-in, plus
+            dixc's grid response; local functionals, exact J, needs ``n_states`` > 0).
+        tddft_grid_response: with ``tddft_forces``, add the grid response (False: PySCF's
+            fixed-grid excited-state gradients; files written before it existed did that).
     """
 
     basis: str = "def2-svp"
@@ -81,6 +83,7 @@ class RunConfig:
     opt_maxsteps: int = 100
     forces: bool = False
     tddft_forces: bool = False
+    tddft_grid_response: bool = True
 
     def check(self, functional) -> None:
         """Refuses settings that cannot work together (ValueError, naming the fix)."""
@@ -343,7 +346,14 @@ def run_molecule(
                 from dixc.nuclear_grad import excited_state_gradients
 
                 g = excited_state_gradients(
-                    ctx, functional, lr.mo_coeff, lr.mo_energy, ex.e, ex.xy, method
+                    ctx,
+                    functional,
+                    lr.mo_coeff,
+                    lr.mo_energy,
+                    ex.e,
+                    ex.xy,
+                    method,
+                    grid_response=config.tddft_grid_response,
                 )
                 row["excitations"]["gradient"] = g.tolist()
                 row["excitations"]["gradient_max"] = [float(v) for v in np.abs(g).max(axis=(1, 2))]
@@ -687,8 +697,12 @@ def _resumable_rows(path: str | None, header: dict[str, Any]) -> dict[str, dict[
         ) from err
 
     def settings(h: dict[str, Any]) -> dict[str, Any]:  # the device does not change results
-        # settings added since a file was written take their defaults (what that run did)
-        cfg = {**dataclasses.asdict(RunConfig()), **(h.get("config") or {})}
+        # settings added since a file was written take their defaults (what that run did), but
+        # for the excited-state grid response, which files written before it had not
+        cfg = {**dataclasses.asdict(RunConfig()), "tddft_grid_response": False,
+               **(h.get("config") or {})}  # fmt: skip
+        if not cfg["tddft_forces"]:
+            cfg.pop("tddft_grid_response")
         return {k: v for k, v in cfg.items() if k != "device"}
 
     if settings(old) != settings(header):
