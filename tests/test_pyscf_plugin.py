@@ -352,10 +352,10 @@ def test_eval_xc_eff_equals_libxc(name, xc):
 
 @pytest.mark.parametrize("kind", ["TDA", "TDDFT"])
 def test_tddft_nuclear_gradient_equals_native_pbe(kind):
-    """PySCF's excited-state (TDA and full TDDFT) nuclear gradient on the drop-in, which reads the
-    pointwise k_xc: PBE through dixc equals libxc PBE for the two lowest singlets (same orbitals,
-    same amplitudes: the exact eigenvectors of the native response matrix) to 1e-9 Eh/Bohr
-    (measured 3e-15)."""
+    """PySCF's excited-state (TDA and full TDDFT) nuclear gradient on the drop-in (its XC matrices
+    from ``nuclear_grad.td_xc_kernel_terms``): PBE through dixc equals libxc PBE for the two
+    lowest singlets (same orbitals, same amplitudes: the exact eigenvectors of the native response
+    matrix) to 1e-9 Eh/Bohr (measured 3e-15)."""
     mol, ref = native("water", "PBE")
     mf = dixc_mf(mol, ref, dixc.functionals.create("pbe"))
     mf.mo_coeff, mf.mo_energy, mf.mo_occ = ref.mo_coeff, ref.mo_energy, ref.mo_occ
@@ -364,6 +364,43 @@ def test_tddft_nuclear_gradient_equals_native_pbe(kind):
         want = excited_gradient(ref, kind, states, k)
         assert np.abs(excited_gradient(mf, kind, states, k) - want).max() < 1e-9
         assert np.abs(want).max() > 1e-2  # not 0 == 0
+
+
+@pytest.mark.parametrize("name", ["lda", "pbe", "xcdiff"])
+def test_td_xc_kernel_terms_equal_pyscf_pointwise_path(name):
+    """dixc's XC matrices of the TDA / TDDFT gradient (directional derivatives by autograd, which
+    PySCF's gradient now calls for dixc functionals) equal PySCF's own ``_contract_xc_kernel``
+    (the original, contracting the pointwise f_xc and k_xc tensors of ``TorchNumInt.eval_xc_eff``,
+    which equal libxc's for LDA and PBE) for random dmvo and symmetric dmoo, water, on every 16th
+    point of grid level 1 (PySCF's pointwise path is slow for a learned functional: one backward
+    pass per row of f_xc and per pair of k_xc's indices, on small blocks): f1vo, f1oo, v1ao, k1ao
+    (all four components) to 1e-10 relative to each one's largest element (measured <= 2e-11);
+    without dmoo, v_xc, k_xc the same entries are None."""
+    from pyscf.grad import tdrks
+
+    f = dixc.functionals.create(name)
+    if name == "xcdiff":
+        f = perturbed(f, scale=0.3, seed=0)
+    mol = mole("water", "def2-svp")
+    mf = pyscf_plugin.RKS(mol, f, verbose=0)
+    mf.grids.level = 1
+    mf.kernel()
+    grids = mf.grids
+    grids.coords, grids.weights = grids.coords[::16].copy(), grids.weights[::16].copy()
+    grids.non0tab = grids.screen_index = None
+    grad = mf.TDA().nuc_grad_method()
+    rng = np.random.default_rng(0)
+    dmvo, dmoo = rng.standard_normal((2, mol.nao, mol.nao))
+    dmoo = dmoo + dmoo.T
+    original = tdrks._contract_xc_kernel._dixc_original
+    want = original(grad, mf.xc, dmvo, dmoo, True, True, True, 2000)
+    got = tdrks._contract_xc_kernel(grad, mf.xc, dmvo, dmoo, True, True, True, 2000)
+    for a, b in zip(want, got, strict=True):
+        assert a.shape == b.shape == (4, mol.nao, mol.nao)
+        assert np.abs(b - a).max() <= 1e-10 * np.abs(a).max(), np.abs(b - a).max()
+    f1vo, f1oo, v1ao, k1ao = tdrks._contract_xc_kernel(grad, mf.xc, dmvo, None, False, False)
+    assert f1oo is None and v1ao is None and k1ao is None
+    assert np.abs(f1vo - want[0]).max() <= 1e-10 * np.abs(want[0]).max()
 
 
 @pytest.mark.parametrize("grid", ["fixed", "moving"])

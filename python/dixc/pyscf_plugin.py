@@ -337,6 +337,39 @@ def _route_gradients() -> None:
 _route_gradients()
 
 
+def _route_td_gradients() -> None:
+    """Sends PySCF's TDA / TDDFT gradient XC matrices (``tdrks._contract_xc_kernel``) to
+    :func:`dixc.nuclear_grad.td_xc_kernel_terms` for dixc functionals: directional derivatives
+    by autograd instead of the pointwise f_xc and k_xc tensors (same numbers, fewer passes)."""
+    from pyscf.grad import tdrks
+
+    original = tdrks._contract_xc_kernel
+    if getattr(original, "_dixc_route", False):
+        return
+
+    def routed(td_grad, xc_code, dmvo, dmoo=None, with_vxc=True, with_kxc=True, singlet=True,
+               max_memory=2000):  # fmt: skip
+        mf = td_grad.base._scf
+        ni = mf._numint
+        if not isinstance(ni, TorchNumInt):
+            return original(td_grad, xc_code, dmvo, dmoo, with_vxc, with_kxc, singlet,
+                            max_memory)  # fmt: skip
+        if not singlet:
+            raise NotImplementedError("dixc: triplet excited-state gradients are not supported")
+        from dixc.nuclear_grad import td_xc_kernel_terms
+
+        return td_xc_kernel_terms(td_grad.mol, mf.grids, ni.functional, mf.make_rdm1(), dmvo,
+                                  dmoo, with_vxc, with_kxc, ni.device)  # fmt: skip
+
+    routed._dixc_route = True  # type: ignore[attr-defined]
+    routed._dixc_original = original  # type: ignore[attr-defined]
+    routed.__doc__ = original.__doc__
+    tdrks._contract_xc_kernel = routed
+
+
+_route_td_gradients()
+
+
 class _RKS(rks.RKS):
     """PySCF's RKS with one change: ``density_fit()`` without an auxiliary basis picks the one
     PySCF picks for a semilocal functional (PySCF would look the dixc name up in libxc)."""
