@@ -10,6 +10,7 @@ energy 1e-13 Eh, dipole 1e-6 D, excitation energies 1.7e-6 eV, oscillator streng
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -226,7 +227,8 @@ def test_tddft_forces_equal_pyscf(tmp_path):
     1e-6 Eh/Bohr (measured 2e-8 for both: dixc's default Davidson tolerance, SCF to 1e-8); the
     response itself is 2.7e-5 - 2.8e-5 (without it the CLI would fail this);
     TDDFT through the CLI (JSON, table column), TDA in process. Settings that cannot work
-    (no --tddft, density-fitted J, a nonlocal functional) are refused before any work."""
+    (no --tddft, density-fitted J, a nonlocal functional without the grid response) are refused
+    before any work."""
     path = write(tmp_path, "water", WATER)
     _, mf = pyscf_pbe(path)
     out = str(tmp_path / "out.json")
@@ -256,11 +258,11 @@ def test_tddft_forces_equal_pyscf(tmp_path):
     ):
         r = cli("pbe", path, *args)
         assert r.returncode == 2 and why in r.stderr, r.stderr
-    f = dixc.functionals.create("egxc", **EGXC_SMALL)
-    ckpt = str(tmp_path / "egxc.safetensors")
-    dixc.functionals.save(f, ckpt)
-    r = cli(ckpt, path, "--tddft", "1", "--tddft-forces", "--coulomb", "exact")
-    assert r.returncode == 2 and "needs a local functional (EGXC is nonlocal" in r.stderr, r.stderr
+    f = dixc.functionals.create("egxc", **EGXC_SMALL)  # nonlocal: only with the grid response
+    fixed = RunConfig(coulomb="exact", n_states=1, tddft_forces=True, tddft_grid_response=False)
+    with pytest.raises(ValueError, match="nonlocal EGXC need the grid response"):
+        fixed.check(f)
+    dataclasses.replace(fixed, tddft_grid_response=True).check(f)
 
 
 def test_bad_inputs(tmp_path):

@@ -349,42 +349,80 @@ def xc_gradient_terms(
     return exc1.cpu().numpy(), -vmat.cpu().numpy()
 
 
-_POINT_CHUNK = 4096  # points per third-order autograd pass of the Lagrangian density
+_POINT_CHUNK = 4096  # points per third-order autograd pass of a local functional
+
+
+def _autograd(y: torch.Tensor, x: torch.Tensor, create: bool) -> torch.Tensor:
+    """d(sum y)/dx (zeros where y does not depend on x)."""
+    if not y.requires_grad:
+        return torch.zeros_like(x)
+    (g,) = torch.autograd.grad(y.sum(), x, retain_graph=True, create_graph=create,
+                               allow_unused=True)  # fmt: skip
+    return torch.zeros_like(x) if g is None else g
+
+
+def _local_chunks(n: int) -> list[slice]:
+    return [slice(a, min(a + _POINT_CHUNK, n)) for a in range(0, n, _POINT_CHUNK)]
 
 
 def _lagrangian_derivatives(
-    functional: XCFunctional, rho0: torch.Tensor, rho_p: torch.Tensor, rho_t: torch.Tensor
+    functional: XCFunctional, feats: torch.Tensor, grid: Grid
 ) -> tuple[torch.Tensor, ...]:
-    """l = e(x0) + e_u(x0) xP_u + 4 e_uv(x0) xT_u xT_v per point and its derivatives.
+    """Derivatives of the XC Lagrangian L = E(x0) + dE(x0)[xP] + 4 d^2E(x0)[xT, xT].
 
-    Args: the ``(nfeat, npts)`` features of the ground-state, relaxed difference and
-    transition densities. Returns ``(l (npts,), dl/dx0, dl/dxP, dl/dxT)`` (each
-    ``(nfeat, npts)``); one forward and three backward passes per chunk of ``_POINT_CHUNK``
-    points (a local functional's points are independent).
+    Args:
+        feats: ``(3, nfeat, ngrid)`` features of the ground-state, relaxed difference and
+            transition densities.
+        grid: the points (weights included); for a nonlocal functional its ``coords``,
+            ``weights`` and ``atom_coords`` may require grad.
+
+    Returns:
+        ``(dL/dx (3, nfeat, ngrid), dL/dw (ngrid,), dL/dcoords (ngrid, 3), dL/dR (natm, 3))``.
+        A local functional's pointwise l = e + e_u xP_u + 4 e_uv xT_u xT_v is done in chunks of
+        ``_POINT_CHUNK`` points (dL/dw = l; no explicit coordinates); a nonlocal one's L on the
+        whole grid (three backward passes through its energy).
     """
-    ell, d0, dp, dt = [], [], [], []
-    for a in range(0, rho0.shape[1], _POINT_CHUNK):
-        sl = slice(a, min(a + _POINT_CHUNK, rho0.shape[1]))
-        r = rho0[:, sl].detach().requires_grad_(True)
-        xp, xt = rho_p[:, sl], rho_t[:, sl]
+    x0, xp, xt = feats
+    if functional.is_local:
+        ell, d0 = [], []
+        for sl in _local_chunks(x0.shape[1]):
+            r = x0[:, sl].detach().requires_grad_(True)
+            with torch.enable_grad():
+                e = functional.energy_density(r)
+                v = _autograd(e, r, True)  # e_u
+                h = _autograd((v * xt[:, sl]).sum(0), r, True)  # e_uv xT_v
+                lag = e + (v * xp[:, sl]).sum(0) + 4.0 * (h * xt[:, sl]).sum(0)
+                d0.append(torch.stack([_autograd(lag, r, False), v, 8.0 * h]).detach())
+            ell.append(lag.detach())
+        w = grid.weights.detach()
+        return (
+            torch.cat(d0, 2) * w,
+            torch.cat(ell),
+            torch.zeros_like(grid.coords),
+            torch.zeros_like(grid.atom_coords),
+        )
+    from dixc.functionals.egxc import any_order_geometry
 
-        def grad(y: torch.Tensor, create: bool, r=r) -> torch.Tensor:  # d(sum y)/dr, 0 if const
-            if not y.requires_grad:
-                return torch.zeros_like(r)
-            (g,) = torch.autograd.grad(y.sum(), r, create_graph=create, allow_unused=True)
-            return torch.zeros_like(r) if g is None else g
-
-        with torch.enable_grad():
-            e = functional.energy_density(r)
-            v = grad(e, True)  # e_u
-            h = grad((v * xt).sum(0), True)  # e_uv xT_v
-            ell_c = e + (v * xp).sum(0) + 4.0 * (h * xt).sum(0)
-            d0_c = grad(ell_c, False)
-        ell.append(ell_c.detach())
-        d0.append(d0_c)
-        dp.append(v.detach())
-        dt.append(8.0 * h.detach())
-    return torch.cat(ell), torch.cat(d0, 1), torch.cat(dp, 1), torch.cat(dt, 1)
+    r = x0.detach().requires_grad_(True)
+    inputs = [grid.weights, grid.coords, grid.atom_coords]
+    with torch.enable_grad(), any_order_geometry():  # d^3 E / d rho^2 dR: EG-XC's pair maps
+        e = functional(r, grid)
+        if not bool(torch.isfinite(e)):
+            raise ValueError(
+                f"dixc: E_xc of {type(functional).__name__} is not finite at this density "
+                "(excited-state gradient); check the SCF and the functional"
+            )
+        v = _autograd(e, r, True)
+        h = _autograd((v * xt).sum(), r, True)
+        lag = e + (v * xp).sum() + 4.0 * (h * xt).sum()
+        wanted = [r] + [t for t in inputs if t.requires_grad]
+        got = iter(torch.autograd.grad(lag, wanted, allow_unused=True))
+        d0 = next(got)
+    out = [torch.stack([torch.zeros_like(r) if d0 is None else d0, v, 8.0 * h]).detach()]
+    for t in inputs:
+        g = next(got) if t.requires_grad else None
+        out.append(torch.zeros_like(t) if g is None else g.detach())
+    return tuple(out)
 
 
 def excited_grid_response(
@@ -396,14 +434,14 @@ def excited_grid_response(
     dm_transition: np.ndarray,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """The grid response of the XC terms of a singlet TDA / TDDFT nuclear gradient ``(natm, 3)``.
+    """The grid response (and explicit terms) of the XC part of a singlet TDA / TDDFT gradient.
 
     PySCF's excited-state gradient (``pyscf.grad.tdrks.grad_elec``) differentiates the XC part
-    of the TDDFT Lagrangian with the grid held fixed in space. For a local functional that part
-    is L_xc = sum_g w_g l(r_g) with
+    of the TDDFT Lagrangian with the grid held fixed in space. That part is
 
-        l = e(x0) + e_u(x0) xP_u + 4 e_uv(x0) xT_u xT_v
+        L_xc = E(x0) + dE(x0)[xP] + 4 d^2E(x0)[xT, xT],
 
+    for a local functional sum_g w_g l(r_g) with l = e(x0) + e_u(x0) xP_u + 4 e_uv(x0) xT_u xT_v
     (x0, xP, xT: the features of the ground-state density D0, the relaxed difference density P
     (difference density plus Z-vector) and the transition density T = (X + Y)_AO with PySCF's
     normalisation x.x - y.y = 1/2; e_u, e_uv: derivatives of the energy density; the 4 is the
@@ -411,9 +449,10 @@ def excited_grid_response(
     moving with the atoms (PySCF's ``grids_response_cc`` quadrature, :class:`BeckePartition`),
     its derivative gains
 
-        sum_{g in A} w_g sum_k dl/dx_k . grad x_k(r_g)  +  sum_g l_g dw_g/dR_A,
+        sum_{g in A} sum_k dL/dx_k(r_g) . grad x_k(r_g)  +  sum_g dL/dw_g dw_g/dR_A
+        (+ for a nonlocal functional: sum_{g in A} dL/dr_g + dL/dR_A, its explicit terms)
 
-    computed as in :func:`xc_gradient_terms` (2 tr(M^(A)(w dl/dx_k) D_k) per density k, one
+    computed as in :func:`xc_gradient_terms` (2 tr(M^(A)(dL/dx_k) D_k) per density k, one
     vector-Jacobian product through the Becke weights). Adding it to PySCF's gradient makes the
     excited-state gradient the derivative of E_SCF + omega computed on grids that move with the
     atoms, as the ground-state ``grid_response`` does (:func:`with_grid_response` does that).
@@ -421,21 +460,18 @@ def excited_grid_response(
     Args:
         mol: the built ``pyscf.gto.Mole``.
         grids: the PySCF ``Grids`` of the SCF and response (unpruned by density).
-        functional: a local dixc functional (float64).
+        functional: any dixc functional (float64); a nonlocal one on the whole grid at once.
         dm0: ``(nao, nao)`` ground-state density matrix (2 C_occ C_occ^T).
         dm_relaxed: ``(nao, nao)`` relaxed difference density (PySCF's ``dmz1doo``; symmetrised).
         dm_transition: ``(nao, nao)`` transition density (PySCF's ``dmxpy``; symmetrised).
         device: torch device of the grid work.
 
+    Returns:
+        ``(natm, 3)`` Hartree / Bohr.
+
     Raises:
-        NotImplementedError: the functional is nonlocal.
         ValueError: ``grids`` is not the Becke partition of its atom grids (pruned by density).
     """
-    if not functional.is_local:
-        raise NotImplementedError(
-            f"dixc: the excited-state grid response needs a local functional "
-            f"({type(functional).__name__} is nonlocal)"
-        )
     if grids.coords is None:
         grids.build()
     dev = torch.device(device)
@@ -457,51 +493,63 @@ def excited_grid_response(
         a = torch.as_tensor(np.asarray(a), dtype=torch.float64).to(dev)
         return 0.5 * (a + a.T)
 
-    dms = [sym(dm0), sym(dm_relaxed), sym(dm_transition)]
-    feats = [ops.eval_rho_fused(basis, coords, d, xctype)[:nfeat] for d in dms]
-    ell, *dl = _lagrangian_derivatives(functional, *feats)
-    vs = [weights * g for g in dl]  # dL/dx_k at each point, weights included
-    out = becke.weight_vjp(ell)  # sum_g l_g dw_g/dR
+    dms = torch.stack([sym(dm0), sym(dm_relaxed), sym(dm_transition)])
+    feats = ops.eval_rho_fused(basis, coords, dms, xctype)[:, :nfeat]
+    nonlocal_ = not functional.is_local
+    grid = Grid(
+        coords=coords.clone().requires_grad_(nonlocal_),
+        weights=weights.clone().requires_grad_(nonlocal_),
+        atom_coords=torch.as_tensor(mol.atom_coords(), dtype=torch.float64)
+        .to(dev)
+        .requires_grad_(nonlocal_),
+        atom_charges=torch.as_tensor(nuclear_charges(mol), dtype=torch.long).to(dev),
+    )
+    vs, de_dw, de_dr, de_dR = _lagrangian_derivatives(functional, feats, grid)
+    out = de_dR.clone()  # explicit: nuclei
+    out.index_add_(0, owner, de_dr)  # explicit: points
+    out += becke.weight_vjp(de_dw)  # sum_g dL/dw_g dw_g/dR
     deriv = 1 if xctype == "LDA" else 2
     for atom, sl in _blocks(owner, coords.shape[0], basis.nao, 4 if deriv == 1 else 10):
         ao = ops.eval_ao(basis, coords[sl], deriv)
         for d, v in zip(dms, vs, strict=True):  # the points of the block move with their atom
-            out[atom] += 2.0 * torch.einsum(
-                "xij,ji->x", xc_gradient_matrix(ao, v[:, sl], xctype), d
-            )
+            m = xc_gradient_matrix(ao, v[:, sl], xctype)
+            out[atom] += 2.0 * torch.einsum("xij,ji->x", m, d)
     return out.cpu().numpy()
 
 
 def _kernel_directions(
     functional: XCFunctional,
-    rho0: torch.Tensor,
-    rho1: torch.Tensor,
-    rho2: torch.Tensor | None,
+    feats: torch.Tensor,
+    grid: Grid,
+    with_oo: bool,
     with_kxc: bool,
-) -> list[torch.Tensor]:
-    """e_u(x0), e_uv x1_v, e_uv x2_v and e_uvw x1_v x1_w per point ``(nfeat, npts)`` each (the
-    last two None when not asked): directional derivatives by autograd, one backward pass per
-    direction per chunk of ``_POINT_CHUNK`` points instead of whole f_xc / k_xc tensors."""
-    parts: list[list[torch.Tensor | None]] = [[], [], [], []]
-    for a in range(0, rho0.shape[1], _POINT_CHUNK):
-        sl = slice(a, min(a + _POINT_CHUNK, rho0.shape[1]))
-        r = rho0[:, sl].detach().requires_grad_(True)
+) -> list[torch.Tensor | None]:
+    """Weighted E_u(x0), E_uv x1_v, E_uv x2_v and E_uvw x1_v x1_w per point ``(nfeat, ngrid)``
+    each (``feats`` = x0, x1[, x2]; the third and fourth None when not asked): directional
+    derivatives by autograd, one backward pass per direction (a local functional's in chunks of
+    ``_POINT_CHUNK`` points, weights applied after; a nonlocal one's on the whole grid)."""
 
-        def grad(y: torch.Tensor, create: bool, r=r) -> torch.Tensor:  # d(sum y)/dr, 0 if const
-            if not y.requires_grad:
-                return torch.zeros_like(r)
-            (g,) = torch.autograd.grad(y.sum(), r, retain_graph=True, create_graph=create,
-                                       allow_unused=True)  # fmt: skip
-            return torch.zeros_like(r) if g is None else g
+    def directions(energy, r, sl) -> list[torch.Tensor | None]:
+        v = _autograd(energy, r, True)
+        f1 = _autograd((v * feats[1][:, sl]).sum(), r, with_kxc)
+        f2 = _autograd((v * feats[2][:, sl]).sum(), r, False) if with_oo else None
+        k = _autograd((f1 * feats[1][:, sl]).sum(), r, False) if with_kxc else None
+        return [None if x is None else x.detach() for x in (v, f1, f2, k)]
 
+    x0 = feats[0]
+    if not functional.is_local:
+        r = x0.detach().requires_grad_(True)
         with torch.enable_grad():
-            v = grad(functional.energy_density(r), True)
-            f1 = grad((v * rho1[:, sl]).sum(0), with_kxc)
-            f2 = None if rho2 is None else grad((v * rho2[:, sl]).sum(0), False)
-            k = grad((f1 * rho1[:, sl]).sum(0), False) if with_kxc else None
-        for out, x in zip(parts, (v, f1, f2, k), strict=True):
-            out.append(None if x is None else x.detach())
-    return [None if p[0] is None else torch.cat(p, 1) for p in parts]
+            return directions(functional(r, grid), r, slice(None))
+    parts: list[list] = [[], [], [], []]
+    for sl in _local_chunks(x0.shape[1]):
+        r = x0[:, sl].detach().requires_grad_(True)
+        with torch.enable_grad():
+            got = directions(functional.energy_density(r), r, sl)
+        for out, x in zip(parts, got, strict=True):
+            out.append(x)
+    w = grid.weights
+    return [None if p[0] is None else torch.cat(p, 1) * w for p in parts]
 
 
 def td_xc_kernel_terms(
@@ -518,18 +566,20 @@ def td_xc_kernel_terms(
     """The XC matrices of PySCF's singlet TDA / TDDFT gradient (``tdrks._contract_xc_kernel``).
 
     With x0, x1, x2 the features of the ground-state density ``dm0``, of 2 (dmvo + dmvo^T) / 2
-    and of 2 ``dmoo`` (PySCF's factor 2 for alpha + beta), and the weighted per-point vectors
-    u = w e_uv x1_v (f1vo), w e_uv x2_v (f1oo), w e_u (v1ao), w e_uvw x1_v x1_w (k1ao), each
-    result is ``(4, nao, nao)``: [0] the potential matrix sum_g u . d x/dD (``contract_vxc``),
-    [1:] minus the gradient matrix M of :func:`xc_gradient_matrix`. The pointwise products come
-    from directional derivatives by autograd (one backward pass per direction) instead of the
-    f_xc and k_xc tensors PySCF contracts (one pass per row of f_xc and per pair of k_xc's
-    indices): the same numbers, several times fewer passes for a learned functional.
+    and of 2 ``dmoo`` (PySCF's factor 2 for alpha + beta), and the per-point vectors (weights
+    included) u = E_uv x1_v (f1vo), E_uv x2_v (f1oo), E_u (v1ao), E_uvw x1_v x1_w (k1ao) of the
+    XC energy E, each result is ``(4, nao, nao)``: [0] the potential matrix sum_g u . dx/dD
+    (``contract_vxc``), [1:] minus the gradient matrix M of :func:`xc_gradient_matrix`. The
+    products come from directional derivatives by autograd (one backward pass per direction)
+    instead of the pointwise f_xc and k_xc tensors PySCF contracts (one pass per row of f_xc and
+    per pair of k_xc's indices): the same numbers, several times fewer passes for a learned
+    functional, and defined for a nonlocal functional too (whose gradient then also needs the
+    explicit and grid-response terms of :func:`excited_grid_response`).
 
     Args:
         mol: the built ``pyscf.gto.Mole``.
         grids: the PySCF ``Grids`` of the response (fixed in space).
-        functional: a local dixc functional (float64).
+        functional: any dixc functional (float64).
         dm0: ``(nao, nao)`` ground-state density matrix.
         dmvo: ``(nao, nao)`` transition-like density (symmetrised here, as PySCF does).
         dmoo: ``(nao, nao)`` symmetric density, or None (then f1oo is None).
@@ -540,11 +590,6 @@ def td_xc_kernel_terms(
     Returns:
         ``(f1vo, f1oo, v1ao, k1ao)`` as PySCF's function returns them.
     """
-    if not functional.is_local:
-        raise NotImplementedError(
-            f"dixc: TDDFT nuclear gradients need a local functional ({type(functional).__name__} "
-            "is nonlocal)"
-        )
     if grids.coords is None:
         grids.build()
     dev = torch.device(device)
@@ -555,11 +600,15 @@ def td_xc_kernel_terms(
     dvo = t(dmvo)
     dms = [t(dm0), dvo + dvo.T] + ([] if dmoo is None else [2.0 * t(dmoo)])
     feats = ops.eval_rho_fused(basis, coords, torch.stack(dms), xctype)[:, :nfeat]
-    v, f1, f2, k = _kernel_directions(
-        functional, feats[0], feats[1], None if dmoo is None else feats[2], with_kxc
+    grid = Grid(
+        coords=coords,
+        weights=weights,
+        atom_coords=t(mol.atom_coords()),
+        atom_charges=torch.as_tensor(nuclear_charges(mol), dtype=torch.long).to(dev),
     )
+    v, f1, f2, k = _kernel_directions(functional, feats, grid, dmoo is not None, with_kxc)
     wanted = [f1, f2, v if with_vxc else None, k]
-    us = [weights * u for u in wanted if u is not None]
+    us = [u for u in wanted if u is not None]
     nao = basis.nao
     mats = torch.zeros(len(us), 4, nao, nao, dtype=torch.float64, device=dev)
     deriv = 1 if xctype == "LDA" else 2
@@ -583,7 +632,8 @@ def with_grid_response(td_grad):
     ``td_grad`` (``td.nuc_grad_method()`` of :func:`dixc.pyscf_plugin.RKS`'s ``TDA()`` or
     ``TDDFT()``, singlets) then returns the derivative of E_SCF + omega with the grid moving
     with the atoms: :func:`excited_grid_response` is added through PySCF's ``extra_force``
-    hook (any hook already there is kept), once per state, from the densities PySCF built.
+    hook (any hook already there is kept), once per state, from the densities PySCF built. A
+    nonlocal functional's excited-state gradients need it (its explicit terms come with it).
 
     Returns:
         ``td_grad`` (modified in place).
@@ -599,6 +649,8 @@ def with_grid_response(td_grad):
         )
     if not getattr(td_grad.base, "singlet", True):
         raise NotImplementedError("dixc: the excited-state grid response is for singlets only")
+    if has_grid_response(td_grad):
+        return td_grad
     previous = td_grad.extra_force
     cache: dict = {}
 
@@ -610,8 +662,14 @@ def with_grid_response(td_grad):
             cache.update(key=key, value=g)
         return previous(atom_id, envs) + cache["value"][atom_id]
 
+    extra_force._dixc_grid_response = True  # type: ignore[attr-defined]
     td_grad.extra_force = extra_force
     return td_grad
+
+
+def has_grid_response(td_grad) -> bool:
+    """Whether :func:`with_grid_response` was applied to ``td_grad``."""
+    return bool(getattr(td_grad.extra_force, "_dixc_grid_response", False))
 
 
 def _drop_in(ctx, functional: XCFunctional):
@@ -697,7 +755,7 @@ def excited_state_gradients(
     Args:
         ctx: the :class:`dixc.context.MolContext` of the SCF (exact J: PySCF has no
             density-fitted excited-state gradients).
-        functional: the SCF's functional (local: PySCF's path needs pointwise k_xc).
+        functional: the SCF's functional (local or nonlocal).
         mo_coeff: ``(nao, nmo)`` canonical orbitals of the amplitudes, occupied first.
         mo_energy: ``(nmo,)`` their orbital energies.
         e: ``(n_states,)`` excitation energies (Hartree).
@@ -708,7 +766,7 @@ def excited_state_gradients(
 
     Raises:
         ValueError: the context has density-fitted (or no) Coulomb integrals.
-        NotImplementedError: the functional is nonlocal.
+        NotImplementedError: a nonlocal functional without the grid response.
     """
     if ctx.eri is None:
         raise ValueError(
@@ -716,10 +774,11 @@ def excited_state_gradients(
             "(coulomb='exact', dixc run --coulomb exact): PySCF has no density-fitted TDDFT "
             "gradients"
         )
-    if not functional.is_local:
+    if not (grid_response or functional.is_local):
         raise NotImplementedError(
-            f"dixc: excited-state gradients need a local functional ({type(functional).__name__} "
-            "is nonlocal): PySCF's TDDFT gradients are built on pointwise kernels"
+            f"dixc: excited-state gradients of the nonlocal functional "
+            f"{type(functional).__name__} need the grid response (its explicit terms come with "
+            "it): grid_response=True"
         )
     t = lambda x: np.asarray(x.detach().cpu().numpy() if torch.is_tensor(x) else x)  # noqa: E731
     c, eps, omega, amp = t(mo_coeff), t(mo_energy), t(e), t(xy)

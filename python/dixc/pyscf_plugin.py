@@ -43,16 +43,14 @@ __all__ = ["RKS", "TorchNumInt", "initial_guess"]
 def _make_libxc_shim(name: str, functional: XCFunctional) -> types.SimpleNamespace:
     """What PySCF asks ``ni.libxc`` about a functional, answered for a dixc functional."""
 
-    top = 3 if functional.is_local else 2
+    top = 3  # order 3 for TDDFT gradients: pointwise (local) or routed (any; see below)
 
     def test_deriv_order(xc_code, deriv, raise_error=False):
         ok = deriv <= top
         if not ok and raise_error:
-            what = "k_xc (order 3)" if top == 3 else "f_xc (order 2): it is nonlocal"
             raise NotImplementedError(
-                f"dixc: functional {name} provides derivatives up to {what}; PySCF asked for "
-                f"order {deriv} (e.g. TDDFT nuclear gradients, which need the pointwise k_xc of "
-                "a local functional)"
+                f"dixc: functional {name} provides derivatives up to order {top}; PySCF asked "
+                f"for order {deriv}"
             )
         return ok
 
@@ -274,8 +272,8 @@ class TorchNumInt(numint.NumInt):
         if not f.is_local:
             raise NotImplementedError(
                 f"dixc: {self.name} is nonlocal; pointwise eval_xc_eff does not apply, and so "
-                "neither do PySCF code paths built on it (e.g. analytic Hessians, TDDFT nuclear "
-                "gradients); SCF, TDDFT, CPHF, stability analysis and nuclear gradients "
+                "neither do PySCF code paths built on it (e.g. analytic Hessians); SCF, TDDFT, "
+                "CPHF, stability analysis and nuclear gradients of ground and excited states "
                 "(dixc.nuclear_grad) do"
             )
         if spin != 0:
@@ -356,7 +354,14 @@ def _route_td_gradients() -> None:
                             max_memory)  # fmt: skip
         if not singlet:
             raise NotImplementedError("dixc: triplet excited-state gradients are not supported")
-        from dixc.nuclear_grad import td_xc_kernel_terms
+        from dixc.nuclear_grad import has_grid_response, td_xc_kernel_terms
+
+        if not (ni.functional.is_local or has_grid_response(td_grad)):
+            raise NotImplementedError(
+                f"dixc: excited-state gradients of the nonlocal functional {ni.name} need the "
+                "grid response (without it its explicit terms are missing): "
+                "dixc.nuclear_grad.with_grid_response(td.nuc_grad_method())"
+            )
 
         return td_xc_kernel_terms(td_grad.mol, mf.grids, ni.functional, mf.make_rdm1(), dmvo,
                                   dmoo, with_vxc, with_kxc, ni.device)  # fmt: skip

@@ -62,9 +62,10 @@ class RunConfig:
             functional's XC terms with the grid response, J as in the SCF).
         tddft_forces: the analytic nuclear gradients of the excited states' total energies
             E_SCF + omega_n (PySCF's TDA/TDDFT gradients with the functional as a drop-in, plus
-            dixc's grid response; local functionals, exact J, needs ``n_states`` > 0).
+            dixc's grid response; exact J, needs ``n_states`` > 0).
         tddft_grid_response: with ``tddft_forces``, add the grid response (False: PySCF's
-            fixed-grid excited-state gradients; files written before it existed did that).
+            fixed-grid excited-state gradients, local functionals only; files written before it
+            existed did that).
     """
 
     basis: str = "def2-svp"
@@ -95,10 +96,10 @@ class RunConfig:
                     "--tddft-forces needs --coulomb exact (PySCF has no density-fitted TDDFT "
                     "gradients)"
                 )
-            if not functional.is_local:
+            if not (self.tddft_grid_response or functional.is_local):
                 raise ValueError(
-                    f"--tddft-forces needs a local functional ({type(functional).__name__} is "
-                    "nonlocal: PySCF's TDDFT gradients are built on pointwise kernels)"
+                    f"--tddft-forces of the nonlocal {type(functional).__name__} need the grid "
+                    "response (tddft_grid_response=True)"
                 )
 
     def reference_config(self, xc: str = "B3LYP"):

@@ -106,6 +106,7 @@ SiLU, float64; ~67k parameters.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 
@@ -430,14 +431,63 @@ def _moving(grid: Grid) -> bool:
     return any(t is not None and t.requires_grad for t in tensors)
 
 
+_ANY_ORDER = [False]  # geometry derivatives through plain autograd (see any_order_geometry)
+
+
+@contextlib.contextmanager
+def any_order_geometry():
+    """Within it, E_xc on a moving grid (coordinates, weights or nuclear positions requiring
+    grad) is differentiable to any order, mixed derivatives in rho and geometry included (the
+    excited-state gradients need d^3 E / d rho^2 dR): the pair maps are built from the pair basis
+    of r_g - R_a in plain autograd, block by block, keeping every block's graph (memory ~ pairs x
+    K x a few numbers) instead of the first-order :class:`_PairMapGeometric`."""
+    old = _ANY_ORDER[0]
+    _ANY_ORDER[0] = True
+    try:
+        yield
+    finally:
+        _ANY_ORDER[0] = old
+
+
+def _pair_map_autograd(x: Tensor, grid: Grid, ps: PairStructure, gather: bool) -> Tensor:
+    """Gather (``(Bt, ngrid, F)`` -> ``(Bt, natm, K, F)``, X = B^T y) or scatter (the adjoint)
+    with B a differentiable function of the point and atom positions (any order)."""
+    coords, atoms = grid.coords.to(x.dtype), grid.atom_coords.to(x.dtype)
+    bt, nf = x.shape[0], x.shape[-1]
+    if gather:
+        xt = x.permute(1, 0, 2).reshape(ps.ngrid, bt * nf)
+        rows = [torch.zeros(ps.K, bt * nf, dtype=x.dtype, device=x.device)] * ps.natm
+    else:
+        xt = x.permute(1, 2, 0, 3).reshape(ps.natm, ps.K, bt * nf)
+        out = x.new_zeros(ps.ngrid, bt * nf)
+    for atom, idx in ps.blocks:
+        diff = coords.index_select(0, idx) - atoms[atom]
+        d = torch.linalg.vector_norm(diff, dim=-1)
+        rad = _radial_smooth(d / ps.cutoff, ps.n_radial)
+        u = diff / d.clamp(min=1e-300)[:, None]
+        ylm = torch.cat([torch.ones_like(d)[:, None], u], dim=-1)
+        basis = (ylm[:, :, None] * rad[:, None, :]).reshape(idx.numel(), ps.K)
+        if gather:
+            rows[atom] = rows[atom] + basis.T @ xt.index_select(0, idx)
+        else:
+            out = out.index_add(0, idx, basis @ xt[atom])
+    if gather:
+        return torch.stack(rows).reshape(ps.natm, ps.K, bt, nf).permute(2, 0, 1, 3)
+    return out.reshape(ps.ngrid, bt, nf).permute(1, 0, 2)
+
+
 def _gather(y: Tensor, grid: Grid, ps: PairStructure) -> Tensor:
     if _moving(grid):
+        if _ANY_ORDER[0]:
+            return _pair_map_autograd(y, grid, ps, True)
         return _PairMapGeometric.apply(y, grid.coords, grid.atom_coords.to(grid.coords), ps, True)
     return _Gather.apply(y, ps)
 
 
 def _scatter(t: Tensor, grid: Grid, ps: PairStructure) -> Tensor:
     if _moving(grid):
+        if _ANY_ORDER[0]:
+            return _pair_map_autograd(t, grid, ps, False)
         return _PairMapGeometric.apply(t, grid.coords, grid.atom_coords.to(grid.coords), ps, False)
     return _Scatter.apply(t, ps)
 
