@@ -10,8 +10,9 @@ For each molecule (def2-SVP, grid level 3, PySCF PBE's converged density), inter
   (PySCF has no nonlocal-functional gradients); their time next to one V_xc evaluation.
 
 With ``--excited``: the excited-state (TDA, first singlet) gradient instead, PySCF's code with libxc
-PBE vs dixc's PBE and XCdiff as drop-ins (pointwise f_xc, k_xc by autograd), same amplitudes,
-each also with dixc's grid response added (``nuclear_grad.with_grid_response``; PySCF has none).
+PBE vs dixc's PBE and XCdiff as drop-ins (XC matrices from directional derivatives by autograd,
+``nuclear_grad.td_xc_kernel_terms``), same amplitudes, each also with dixc's grid response added
+(``nuclear_grad.with_grid_response``; PySCF has none), and EG-XC (nonlocal; with it only).
 
 Run with ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=68719476736`` (glibc's malloc
 otherwise page-faults on large torch allocations on these VMs)::
@@ -109,8 +110,8 @@ def bench_molecule(name: str, repeat: int, basis: str, level: int) -> list[dict]
 
 def bench_excited(name: str, repeat: int, basis: str, level: int) -> list[dict]:
     """Excited-state (TDA, first singlet) nuclear gradient: PySCF with libxc PBE vs the same code
-    with dixc's PBE and a learned meta-GGA (XCdiff) as drop-ins (pointwise f_xc and k_xc by
-    autograd), at PySCF PBE's orbitals and TDA amplitudes."""
+    with dixc's PBE, a learned meta-GGA (XCdiff) and EG-XC (nonlocal) as drop-ins, at PySCF PBE's
+    orbitals and TDA amplitudes."""
     from pyscf import dft
 
     import dixc.functionals
@@ -127,13 +128,14 @@ def bench_excited(name: str, repeat: int, basis: str, level: int) -> list[dict]:
     td_ref.kernel()
     torch.manual_seed(0)
     grads = {"pyscf": td_ref.nuc_grad_method()}
-    for fname in ("pbe", "xcdiff"):
+    for fname in ("pbe", "xcdiff", "egxc"):
         mf = pyscf_plugin.RKS(mol, dixc.functionals.create(fname), verbose=0)
         mf.grids = ref.grids
         mf.mo_coeff, mf.mo_energy, mf.mo_occ = ref.mo_coeff, ref.mo_energy, ref.mo_occ
         td = mf.TDA()
         td.e, td.xy, td.nstates, td.converged = td_ref.e, td_ref.xy, 1, td_ref.converged
-        grads[fname] = td.nuc_grad_method()
+        if fname != "egxc":  # nonlocal: only with the grid response (its explicit terms)
+            grads[fname] = td.nuc_grad_method()
         grads[f"{fname}_response"] = with_grid_response(td.nuc_grad_method())
     for g in grads.values():
         g.verbose = 0
@@ -146,7 +148,8 @@ def bench_excited(name: str, repeat: int, basis: str, level: int) -> list[dict]:
     response = float(np.abs(g_resp - g_pbe).max())
     print(f"{name:18s} TDA gradient: PySCF {med['pyscf']:8.1f} ms  dixc PBE {med['pbe']:8.1f} ms"
           f" (+ grid response {med['pbe_response']:8.1f} ms)  XCdiff {med['xcdiff']:8.1f} ms"
-          f" (+ grid response {med['xcdiff_response']:8.1f} ms)  err {err:.1e}"
+          f" (+ grid response {med['xcdiff_response']:8.1f} ms)  EG-XC {med['egxc_response']:8.1f}"
+          f" ms  err {err:.1e}"
           f"  response {response:.1e}", flush=True)  # fmt: skip
     row = {"molecule": name, "atoms": mol.natm, "nao": mol.nao, "grid": ref.grids.weights.size}
     return [{**row, **{f"{k}_ms": v for k, v in med.items()}, "err": err, "response": response}]
@@ -155,14 +158,16 @@ def bench_excited(name: str, repeat: int, basis: str, level: int) -> list[dict]:
 def markdown_excited(rows: list[dict]) -> str:
     out = [
         "| molecule | atoms | nao | grid | PySCF (libxc PBE) ms | dixc PBE ms | ratio "
-        "| max abs err | dixc XCdiff ms | + grid response: PBE ms | XCdiff ms | max response |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| max abs err | dixc XCdiff ms | + grid response: PBE ms | XCdiff ms | max response "
+        "| EG-XC (nonlocal) ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [r["molecule"], r["atoms"], r["nao"], r["grid"], f"{r['pyscf_ms']:.0f}",
                  f"{r['pbe_ms']:.0f}", f"{r['pbe_ms'] / r['pyscf_ms']:.2f}", f"{r['err']:.1e}",
                  f"{r['xcdiff_ms']:.0f}", f"{r['pbe_response_ms']:.0f}",
-                 f"{r['xcdiff_response_ms']:.0f}", f"{r['response']:.1e}"]  # fmt: skip
+                 f"{r['xcdiff_response_ms']:.0f}", f"{r['response']:.1e}",
+                 f"{r['egxc_response_ms']:.0f}"]  # fmt: skip
         out.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(out)
 

@@ -549,7 +549,7 @@ def _parser() -> argparse.ArgumentParser:
         "--tddft-forces",
         action="store_true",
         help="also the nuclear gradients (Eh/Bohr) of the --tddft states' total energies "
-        "(local functionals, --coulomb exact)",
+        "(grid response included; --coulomb exact)",
     )
     p.add_argument(
         "--json",
