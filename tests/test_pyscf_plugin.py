@@ -403,6 +403,39 @@ def test_td_xc_kernel_terms_equal_pyscf_pointwise_path(name):
     assert np.abs(f1vo - want[0]).max() <= 1e-10 * np.abs(want[0]).max()
 
 
+def excited_differences(scf, fixed_grid: bool = False):
+    """``(mf0, u, fd)``: ``scf()`` at the reference geometry, a random unit direction u of the
+    nuclear coordinates and, for TDA and TDDFT, the Richardson-extrapolated central difference
+    (steps 2e-3, 1e-3 Bohr) of E_SCF + omega_1 along u (omega from the exact diagonalisation);
+    ``scf(coords, grids)`` keeps the reference grid fixed in space if ``fixed_grid``."""
+    mf0 = scf()
+    r0 = mf0.mol.atom_coords()
+    u = np.random.default_rng(1).standard_normal(r0.shape)
+    u /= np.linalg.norm(u)
+    energies = {}
+    for h in (-2e-3, -1e-3, 1e-3, 2e-3):
+        mf = scf(r0 + h * u, mf0.grids) if fixed_grid else scf(r0 + h * u)
+        energies[h] = {k: mf.e_tot + exact_states(mf, k, 1)[0][0] for k in ("TDA", "TDDFT")}
+    fd = {}
+    for k in ("TDA", "TDDFT"):
+        c1, c2 = ((energies[h][k] - energies[-h][k]) / (2 * h) for h in (1e-3, 2e-3))
+        fd[k] = (4 * c1 - c2) / 3
+    return mf0, u, fd
+
+
+def excited_analytic(mf, kind: str, grid_response: bool, cphf_tol: float = 1e-12):
+    """The TDA / TDDFT gradient of the first singlet of ``mf`` (exact amplitudes), with dixc's
+    grid response (``nuclear_grad.with_grid_response``) or PySCF's fixed grid."""
+    td = getattr(mf, kind)()
+    td.e, td.xy = exact_states(mf, kind, 1)
+    td.nstates, td.converged = 1, np.ones(1, dtype=bool)
+    grad = td.nuc_grad_method()
+    grad.verbose, grad.cphf_conv_tol = 0, cphf_tol
+    if grid_response:
+        nuclear_grad.with_grid_response(grad)
+    return grad.kernel(state=1)
+
+
 @pytest.mark.parametrize("grid", ["fixed", "moving"])
 def test_tddft_nuclear_gradient_of_learned_mgga_equals_finite_differences(grid):
     """Excited-state gradients of a learned meta-GGA (XCdiff, perturbed) through the drop-in:
@@ -435,36 +468,18 @@ def test_tddft_nuclear_gradient_of_learned_mgga_equals_finite_differences(grid):
         assert mf.converged
         return mf
 
-    mf0 = scf()
-    r0 = mf0.mol.atom_coords()
-    u = np.random.default_rng(1).standard_normal(r0.shape)
-    u /= np.linalg.norm(u)
-    kinds = ("TDA", "TDDFT")
-    energies = {}
-    for h in (-2e-3, -1e-3, 1e-3, 2e-3):
-        mf = scf(r0 + h * u, mf0.grids if grid == "fixed" else None)
-        energies[h] = {k: mf.e_tot + exact_states(mf, k, 1)[0][0] for k in kinds}
+    mf0, u, fd = excited_differences(scf, fixed_grid=grid == "fixed")
     g0 = mf0.nuc_grad_method()
     g0.grid_response = grid == "moving"
     g0 = g0.kernel()
-    for k in kinds:
-        c1, c2 = ((energies[h][k] - energies[-h][k]) / (2 * h) for h in (1e-3, 2e-3))
-        fd = (4 * c1 - c2) / 3
-        states = exact_states(mf0, k, 1)
-        td = getattr(mf0, k)()
-        td.e, td.xy = states
-        td.nstates, td.converged = 1, np.ones(1, dtype=bool)
-        grad = td.nuc_grad_method()
-        grad.verbose, grad.cphf_conv_tol = 0, 1e-12
-        if grid == "moving":
-            nuclear_grad.with_grid_response(grad)
-        ga = grad.kernel(state=1)
-        err = abs(float((ga * u).sum()) - fd) / np.abs(ga).max()
+    for k in ("TDA", "TDDFT"):
+        ga = excited_analytic(mf0, k, grid_response=grid == "moving")
+        err = abs(float((ga * u).sum()) - fd[k]) / np.abs(ga).max()
         assert err < 1e-7, (k, err)
         assert np.abs(ga - g0).max() > 1e-2
         if grid == "moving":  # without the response: far off
-            fixed = excited_gradient(mf0, k, states, cphf_tol=1e-12)
-            assert abs(float((fixed * u).sum()) - fd) / np.abs(ga).max() > 1e-6
+            fixed = excited_analytic(mf0, k, grid_response=False)
+            assert abs(float((fixed * u).sum()) - fd[k]) / np.abs(ga).max() > 1e-6
 
 
 def test_excited_grid_response_of_the_ground_state_part_equals_pyscf():
@@ -562,28 +577,13 @@ def test_tddft_nuclear_gradient_of_egxc_equals_finite_differences():
         assert mf.converged
         return mf
 
-    mf0 = scf()
-    r0 = mf0.mol.atom_coords()
-    u = np.random.default_rng(1).standard_normal(r0.shape)
-    u /= np.linalg.norm(u)
-    kinds = ("TDA", "TDDFT")
-    energies = {}
-    for h in (-2e-3, -1e-3, 1e-3, 2e-3):
-        mf = scf(r0 + h * u)
-        energies[h] = {k: mf.e_tot + exact_states(mf, k, 1)[0][0] for k in kinds}
+    mf0, u, fd = excited_differences(scf)
     g0 = mf0.nuc_grad_method()
     g0.grid_response = True
     g0 = g0.kernel()
-    for k in kinds:
-        c1, c2 = ((energies[h][k] - energies[-h][k]) / (2 * h) for h in (1e-3, 2e-3))
-        fd = (4 * c1 - c2) / 3
-        td = getattr(mf0, k)()
-        td.e, td.xy = exact_states(mf0, k, 1)
-        td.nstates, td.converged = 1, np.ones(1, dtype=bool)
-        grad = nuclear_grad.with_grid_response(td.nuc_grad_method())
-        grad.verbose, grad.cphf_conv_tol = 0, 1e-12
-        ga = grad.kernel(state=1)
-        err = abs(float((ga * u).sum()) - fd) / np.abs(ga).max()
+    for k in ("TDA", "TDDFT"):
+        ga = excited_analytic(mf0, k, grid_response=True)
+        err = abs(float((ga * u).sum()) - fd[k]) / np.abs(ga).max()
         assert err < 1e-7, (k, err)
         assert np.abs(ga - g0).max() > 1e-1
 
@@ -647,8 +647,8 @@ def test_xc_gradient_terms_on_cuda_equal_cpu(name):
 @pytest.mark.parametrize("name", ["pbe", "xcdiff"])
 def test_pointwise_derivatives_and_becke_partition_on_cuda_equal_cpu(name):
     """eval_xc_eff to k_xc with the functional on CUDA, the Torch Becke partition (weights and
-    their vector-Jacobian product) and the excited-state grid response on CUDA, equal the CPU's
-    to 1e-11 relative to each tensor's largest element."""
+    their vector-Jacobian product), the excited-state grid response and XC matrices on CUDA,
+    equal the CPU's to 1e-11 relative to each tensor's largest element."""
     import copy
 
     from dixc.nuclear_grad import BeckePartition
@@ -673,3 +673,8 @@ def test_pointwise_derivatives_and_becke_partition_on_cuda_equal_cpu(name):
     r_cpu = nuclear_grad.excited_grid_response(mol, ref.grids, f, *dms)
     r_gpu = nuclear_grad.excited_grid_response(mol, ref.grids, gpu.functional, *dms, "cuda")
     assert np.abs(r_gpu - r_cpu).max() <= 1e-11 * np.abs(r_cpu).max()
+    dms[2] = dms[2] + dms[2].T
+    k_cpu = nuclear_grad.td_xc_kernel_terms(mol, ref.grids, f, *dms)
+    k_gpu = nuclear_grad.td_xc_kernel_terms(mol, ref.grids, gpu.functional, *dms, device="cuda")
+    for c, g in zip(k_cpu, k_gpu, strict=True):
+        assert np.abs(g - c).max() <= 1e-11 * np.abs(c).max()

@@ -259,26 +259,36 @@ class BeckePartition:
         return out
 
 
-def _energy_derivatives(
-    functional: XCFunctional, rho: torch.Tensor, grid: Grid
-) -> tuple[torch.Tensor, ...]:
-    """dE/d rho ``(nfeat, ngrid)``, dE/dw ``(ngrid,)``, dE/d coords ``(ngrid, 3)``, dE/dR
-    ``(natm, 3)`` of E = functional(rho, grid) (zeros where E does not depend on them)."""
-    inputs = [rho, grid.weights, grid.coords, grid.atom_coords]
-    with torch.enable_grad():
-        e = functional(rho, grid)
-        if not bool(torch.isfinite(e)):
-            raise ValueError(
-                f"dixc: E_xc of {type(functional).__name__} is not finite at this density "
-                "(nuclear gradient); check the SCF and the functional"
-            )
-        wanted = [t for t in inputs if t.requires_grad]
-        got = iter(torch.autograd.grad(e, wanted, allow_unused=True))
+def _grads_or_zeros(y: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """dy/dx for each x of ``inputs`` (detached; zeros where x does not require grad or y does
+    not depend on it)."""
+    wanted = [t for t in inputs if t.requires_grad]
+    got = iter(torch.autograd.grad(y, wanted, allow_unused=True))
     out = []
     for t in inputs:
         g = next(got) if t.requires_grad else None
         out.append(torch.zeros_like(t) if g is None else g.detach())
     return tuple(out)
+
+
+def _finite_energy(functional: XCFunctional, rho: torch.Tensor, grid: Grid, what: str):
+    e = functional(rho, grid)
+    if not bool(torch.isfinite(e)):
+        raise ValueError(
+            f"dixc: E_xc of {type(functional).__name__} is not finite at this density ({what}); "
+            "check the SCF and the functional"
+        )
+    return e
+
+
+def _energy_derivatives(
+    functional: XCFunctional, rho: torch.Tensor, grid: Grid
+) -> tuple[torch.Tensor, ...]:
+    """dE/d rho ``(nfeat, ngrid)``, dE/dw ``(ngrid,)``, dE/d coords ``(ngrid, 3)``, dE/dR
+    ``(natm, 3)`` of E = functional(rho, grid) (zeros where E does not depend on them)."""
+    with torch.enable_grad():
+        e = _finite_energy(functional, rho, grid, "nuclear gradient")
+        return _grads_or_zeros(e, [rho, grid.weights, grid.coords, grid.atom_coords])
 
 
 def xc_gradient_terms(
@@ -404,25 +414,13 @@ def _lagrangian_derivatives(
     from dixc.functionals.egxc import any_order_geometry
 
     r = x0.detach().requires_grad_(True)
-    inputs = [grid.weights, grid.coords, grid.atom_coords]
     with torch.enable_grad(), any_order_geometry():  # d^3 E / d rho^2 dR: EG-XC's pair maps
-        e = functional(r, grid)
-        if not bool(torch.isfinite(e)):
-            raise ValueError(
-                f"dixc: E_xc of {type(functional).__name__} is not finite at this density "
-                "(excited-state gradient); check the SCF and the functional"
-            )
+        e = _finite_energy(functional, r, grid, "excited-state gradient")
         v = _autograd(e, r, True)
         h = _autograd((v * xt).sum(), r, True)
         lag = e + (v * xp).sum() + 4.0 * (h * xt).sum()
-        wanted = [r] + [t for t in inputs if t.requires_grad]
-        got = iter(torch.autograd.grad(lag, wanted, allow_unused=True))
-        d0 = next(got)
-    out = [torch.stack([torch.zeros_like(r) if d0 is None else d0, v, 8.0 * h]).detach()]
-    for t in inputs:
-        g = next(got) if t.requires_grad else None
-        out.append(torch.zeros_like(t) if g is None else g.detach())
-    return tuple(out)
+        d0, *geometric = _grads_or_zeros(lag, [r, grid.weights, grid.coords, grid.atom_coords])
+    return (torch.stack([d0, v.detach(), 8.0 * h.detach()]), *geometric)
 
 
 def excited_grid_response(
