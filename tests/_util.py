@@ -214,24 +214,36 @@ def exact_states(mf, kind: str, n: int):
     return e, pyscf_amplitudes(e, xy, eps, nocc, "tda" if kind == "TDA" else "rpa")
 
 
-def excited_gradient(mf, kind: str, states, state: int = 1, cphf_tol: float = 1e-8, response=None):
+def excited_gradient(
+    mf,
+    kind: str,
+    states,
+    state: int = 1,
+    cphf_tol: float = 1e-8,
+    response=None,
+    grid_response: bool = False,
+):
     """PySCF's TDA / TDDFT nuclear gradient of ``state`` (1-based) with the given amplitudes.
 
     With ``response`` (a dixc functional), plus :func:`dixc.nuclear_grad.excited_grid_response`
     of the densities PySCF built (read from its ``extra_force`` hook here, not through
-    ``with_grid_response``), for any ``mf`` (native libxc too)."""
+    ``with_grid_response``), for any ``mf`` (native libxc too). With ``grid_response`` (a dixc
+    drop-in), through :func:`dixc.nuclear_grad.with_grid_response`, the public path."""
+    from dixc import nuclear_grad
+
     td = getattr(mf, kind)()
     td.e, td.xy = states
     td.nstates, td.converged = len(td.e), np.ones(len(td.e), dtype=bool)
     g = td.nuc_grad_method()
     g.verbose, g.cphf_conv_tol = 0, cphf_tol
+    if grid_response:
+        nuclear_grad.with_grid_response(g)
     seen: dict = {}
     if response is not None:
         g.extra_force = lambda atom, envs: seen.update(envs) or 0.0
     out = g.kernel(state=state)
     if response is not None:
-        from dixc.nuclear_grad import excited_grid_response
-
-        out = out + excited_grid_response(mf.mol, mf.grids, response, 2.0 * seen["oo0"],
-                                          seen["dmz1doo"], seen["dmxpy"])  # fmt: skip
+        out = out + nuclear_grad.excited_grid_response(
+            mf.mol, mf.grids, response, 2.0 * seen["oo0"], seen["dmz1doo"], seen["dmxpy"]
+        )
     return out

@@ -281,6 +281,22 @@ def _finite_energy(functional: XCFunctional, rho: torch.Tensor, grid: Grid, what
     return e
 
 
+def _molecule_grid(
+    mol, coords: torch.Tensor, weights: torch.Tensor, moving: bool, nuclei: bool
+) -> Grid:
+    """A dixc ``Grid`` of ``mol``'s points; ``moving``: coordinates and weights require grad
+    (copies), ``nuclei``: the nuclear positions do."""
+    dev = coords.device
+    return Grid(
+        coords=coords.clone().requires_grad_(moving) if moving else coords,
+        weights=weights.clone().requires_grad_(moving) if moving else weights,
+        atom_coords=torch.as_tensor(mol.atom_coords(), dtype=torch.float64)
+        .to(dev)
+        .requires_grad_(nuclei),
+        atom_charges=torch.as_tensor(nuclear_charges(mol), dtype=torch.long).to(dev),
+    )
+
+
 def _energy_derivatives(
     functional: XCFunctional, rho: torch.Tensor, grid: Grid
 ) -> tuple[torch.Tensor, ...]:
@@ -333,13 +349,7 @@ def xc_gradient_terms(
         weights = becke.weights()
     else:
         coords, weights, owner = t(grids.coords), t(grids.weights), None
-    atom_coords = t(mol.atom_coords())
-    grid = Grid(
-        coords=coords.clone().requires_grad_(grid_response),
-        weights=weights.clone().requires_grad_(grid_response),
-        atom_coords=atom_coords.clone().requires_grad_(True),
-        atom_charges=torch.as_tensor(nuclear_charges(mol), dtype=torch.long).to(dev),
-    )
+    grid = _molecule_grid(mol, coords, weights, moving=grid_response, nuclei=True)
     rho = ops.eval_rho_fused(basis, coords, d, xctype)[:nfeat].requires_grad_(True)
     v, de_dw, de_dr, de_dR = _energy_derivatives(functional, rho, grid)
 
@@ -493,15 +503,8 @@ def excited_grid_response(
 
     dms = torch.stack([sym(dm0), sym(dm_relaxed), sym(dm_transition)])
     feats = ops.eval_rho_fused(basis, coords, dms, xctype)[:, :nfeat]
-    nonlocal_ = not functional.is_local
-    grid = Grid(
-        coords=coords.clone().requires_grad_(nonlocal_),
-        weights=weights.clone().requires_grad_(nonlocal_),
-        atom_coords=torch.as_tensor(mol.atom_coords(), dtype=torch.float64)
-        .to(dev)
-        .requires_grad_(nonlocal_),
-        atom_charges=torch.as_tensor(nuclear_charges(mol), dtype=torch.long).to(dev),
-    )
+    nonlocal_ = not functional.is_local  # explicit terms: only a nonlocal functional has them
+    grid = _molecule_grid(mol, coords, weights, moving=nonlocal_, nuclei=nonlocal_)
     vs, de_dw, de_dr, de_dR = _lagrangian_derivatives(functional, feats, grid)
     out = de_dR.clone()  # explicit: nuclei
     out.index_add_(0, owner, de_dr)  # explicit: points
@@ -598,12 +601,7 @@ def td_xc_kernel_terms(
     dvo = t(dmvo)
     dms = [t(dm0), dvo + dvo.T] + ([] if dmoo is None else [2.0 * t(dmoo)])
     feats = ops.eval_rho_fused(basis, coords, torch.stack(dms), xctype)[:, :nfeat]
-    grid = Grid(
-        coords=coords,
-        weights=weights,
-        atom_coords=t(mol.atom_coords()),
-        atom_charges=torch.as_tensor(nuclear_charges(mol), dtype=torch.long).to(dev),
-    )
+    grid = _molecule_grid(mol, coords, weights, moving=False, nuclei=False)
     v, f1, f2, k = _kernel_directions(functional, feats, grid, dmoo is not None, with_kxc)
     wanted = [f1, f2, v if with_vxc else None, k]
     us = [u for u in wanted if u is not None]
@@ -745,7 +743,8 @@ def excited_state_gradients(
     excitations computed by :class:`dixc.evaluate.tddft.LinearResponse`.
 
     PySCF's TDA / TDDFT nuclear gradients (Z-vector, orbital relaxation) with ``functional`` as a
-    drop-in (:mod:`dixc.pyscf_plugin`: pointwise f_xc and k_xc by autograd) on the context's grid,
+    drop-in (:mod:`dixc.pyscf_plugin`: XC matrices from :func:`td_xc_kernel_terms`) on the
+    context's grid,
     with dixc's amplitudes converted to PySCF's convention (x^2 - y^2 = 1/2, X - Y from
     (A - B)(X - Y) = omega (X + Y) with A - B diagonal: no exact exchange), and, unlike PySCF's
     own, with the grid moving with the atoms (:func:`with_grid_response`), as ``scf_gradient``.

@@ -35,6 +35,7 @@ from pyscf.dft import numint, rks
 
 from dixc.context import MolContext
 from dixc.functionals.base import XCFunctional
+from dixc.nuclear_grad import _autograd
 from dixc.xc import XCKernel, _exc_vxc_rho
 
 __all__ = ["RKS", "TorchNumInt", "initial_guess"]
@@ -92,11 +93,7 @@ def _pointwise_derivatives(
     v = f2 = k3 = None
 
     def grad(y: torch.Tensor, create: bool) -> torch.Tensor:  # d(sum y)/d r; 0 if y is constant
-        if not y.requires_grad:
-            return torch.zeros_like(r)
-        (g,) = torch.autograd.grad(y.sum(), r, retain_graph=True, create_graph=create,
-                                   allow_unused=True)  # fmt: skip
-        return torch.zeros_like(r) if g is None else g
+        return _autograd(y, r, create)
 
     with torch.enable_grad():
         e = f.energy_density(r)

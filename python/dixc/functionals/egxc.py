@@ -329,6 +329,15 @@ class PairStructure:
             out.index_add_(0, idx, yb)
         return out.reshape(self.ngrid, bt, nf).permute(1, 0, 2)
 
+    def basis_of(self, diff: Tensor) -> Tensor:
+        """B ``(n, K)`` of the pair vectors ``diff`` = r_g - R_a ``(n, 3)``, differentiable in them
+        (to any order; the same values as :meth:`basis`)."""
+        d = torch.linalg.vector_norm(diff, dim=-1)
+        rad = _radial_smooth(d / self.cutoff, self.n_radial)
+        u = diff / d.clamp(min=1e-300)[:, None]
+        ylm = torch.cat([torch.ones_like(d)[:, None], u], dim=-1)
+        return (ylm[:, :, None] * rad[:, None, :]).reshape(diff.shape[0], self.K)
+
     def geometry_vjp(self, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
         """dL/d(point, atom positions) of L = sum_{g,a,k,c} B[g,a,k] p[g,c] q[a,k,c].
 
@@ -350,12 +359,7 @@ class PairStructure:
             gb = p.index_select(0, idx) @ q[atom].T  # (n_b, K), k = (m, n)
             with torch.enable_grad():
                 diff = (coords.index_select(0, idx) - atoms[atom]).requires_grad_(True)
-                d = torch.linalg.vector_norm(diff, dim=-1)
-                rad = _radial_smooth(d / self.cutoff, self.n_radial)
-                u = diff / d.clamp(min=1e-300)[:, None]
-                ylm = torch.cat([torch.ones_like(d)[:, None], u], dim=-1)
-                basis = (ylm[:, :, None] * rad[:, None, :]).reshape(idx.numel(), self.K)
-                (gd,) = torch.autograd.grad(basis, diff, gb)
+                (gd,) = torch.autograd.grad(self.basis_of(diff), diff, gb)
             g_pts.index_add_(0, idx, gd)
             g_atm[atom] -= gd.sum(dim=0)
         return g_pts, g_atm
@@ -461,12 +465,7 @@ def _pair_map_autograd(x: Tensor, grid: Grid, ps: PairStructure, gather: bool) -
         xt = x.permute(1, 2, 0, 3).reshape(ps.natm, ps.K, bt * nf)
         out = x.new_zeros(ps.ngrid, bt * nf)
     for atom, idx in ps.blocks:
-        diff = coords.index_select(0, idx) - atoms[atom]
-        d = torch.linalg.vector_norm(diff, dim=-1)
-        rad = _radial_smooth(d / ps.cutoff, ps.n_radial)
-        u = diff / d.clamp(min=1e-300)[:, None]
-        ylm = torch.cat([torch.ones_like(d)[:, None], u], dim=-1)
-        basis = (ylm[:, :, None] * rad[:, None, :]).reshape(idx.numel(), ps.K)
+        basis = ps.basis_of(coords.index_select(0, idx) - atoms[atom])
         if gather:
             rows[atom] = rows[atom] + basis.T @ xt.index_select(0, idx)
         else:
