@@ -667,3 +667,22 @@ def test_pointwise_derivatives_and_becke_partition_on_cuda_equal_cpu(name):
     k_gpu = nuclear_grad.td_xc_kernel_terms(mol, ref.grids, gpu.functional, *dms, device="cuda")
     for c, g in zip(k_cpu, k_gpu, strict=True):
         assert np.abs(g - c).max() <= 1e-11 * np.abs(c).max()
+
+
+@pytest.mark.gpu
+def test_egxc_excited_state_terms_on_cuda_equal_cpu():
+    """EG-XC's chunked Lagrangian on CUDA: the excited-state grid response (explicit terms
+    included) and the XC matrices of the TD gradient equal the CPU's to 1e-11 relative."""
+    f = perturbed(dixc.functionals.create("egxc", **EGXC_SMALL), scale=0.1, seed=0)
+    f_gpu = copy.deepcopy(f).to("cuda")
+    mol, ref = native("water", "PBE")
+    rng = np.random.default_rng(1)
+    dms = [ref.make_rdm1()] + [0.1 * rng.standard_normal((mol.nao, mol.nao)) for _ in range(2)]
+    r_cpu = nuclear_grad.excited_grid_response(mol, ref.grids, f, *dms)
+    r_gpu = nuclear_grad.excited_grid_response(mol, ref.grids, f_gpu, *dms, "cuda")
+    assert np.abs(r_gpu - r_cpu).max() <= 1e-11 * np.abs(r_cpu).max()
+    dms[2] = dms[2] + dms[2].T
+    k_cpu = nuclear_grad.td_xc_kernel_terms(mol, ref.grids, f, *dms)
+    k_gpu = nuclear_grad.td_xc_kernel_terms(mol, ref.grids, f_gpu, *dms, device="cuda")
+    for c, g in zip(k_cpu, k_gpu, strict=True):
+        assert np.abs(g - c).max() <= 1e-11 * np.abs(c).max()

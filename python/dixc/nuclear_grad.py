@@ -47,7 +47,7 @@ import torch
 
 from dixc import ops
 from dixc.basis import pack_basis
-from dixc.functionals.base import XCFunctional
+from dixc.functionals.base import XCFunctional, grads_or_zeros
 from dixc.grid import Grid, nuclear_charges
 
 __all__ = [
@@ -259,18 +259,6 @@ class BeckePartition:
         return out
 
 
-def _grads_or_zeros(y: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """dy/dx for each x of ``inputs`` (detached; zeros where x does not require grad or y does
-    not depend on it)."""
-    wanted = [t for t in inputs if t.requires_grad]
-    got = iter(torch.autograd.grad(y, wanted, allow_unused=True))
-    out = []
-    for t in inputs:
-        g = next(got) if t.requires_grad else None
-        out.append(torch.zeros_like(t) if g is None else g.detach())
-    return tuple(out)
-
-
 def _finite_energy(functional: XCFunctional, rho: torch.Tensor, grid: Grid, what: str):
     e = functional(rho, grid)
     if not bool(torch.isfinite(e)):
@@ -304,7 +292,7 @@ def _energy_derivatives(
     ``(natm, 3)`` of E = functional(rho, grid) (zeros where E does not depend on them)."""
     with torch.enable_grad():
         e = _finite_energy(functional, rho, grid, "nuclear gradient")
-        return _grads_or_zeros(e, [rho, grid.weights, grid.coords, grid.atom_coords])
+        return grads_or_zeros(e, [rho, grid.weights, grid.coords, grid.atom_coords])
 
 
 def xc_gradient_terms(
@@ -399,8 +387,9 @@ def _lagrangian_derivatives(
     Returns:
         ``(dL/dx (3, nfeat, ngrid), dL/dw (ngrid,), dL/dcoords (ngrid, 3), dL/dR (natm, 3))``.
         A local functional's pointwise l = e + e_u xP_u + 4 e_uv xT_u xT_v is done in chunks of
-        ``_POINT_CHUNK`` points (dL/dw = l; no explicit coordinates); a nonlocal one's L on the
-        whole grid (three backward passes through its energy).
+        ``_POINT_CHUNK`` points (dL/dw = l; no explicit coordinates); EG-XC's by its own
+        ``lagrangian_derivatives`` (point chunks between its atom-level seams, bounded memory);
+        another nonlocal one's L on the whole grid (three backward passes through its energy).
     """
     x0, xp, xt = feats
     if functional.is_local:
@@ -421,6 +410,9 @@ def _lagrangian_derivatives(
             torch.zeros_like(grid.coords),
             torch.zeros_like(grid.atom_coords),
         )
+    chunked = getattr(functional, "lagrangian_derivatives", None)
+    if chunked is not None:  # EG-XC: point chunk by point chunk (bounded memory)
+        return chunked(feats, grid, 1.0, 4.0)
     from dixc.functionals.egxc import any_order_geometry
 
     r = x0.detach().requires_grad_(True)
@@ -429,7 +421,7 @@ def _lagrangian_derivatives(
         v = _autograd(e, r, True)
         h = _autograd((v * xt).sum(), r, True)
         lag = e + (v * xp).sum() + 4.0 * (h * xt).sum()
-        d0, *geometric = _grads_or_zeros(lag, [r, grid.weights, grid.coords, grid.atom_coords])
+        d0, *geometric = grads_or_zeros(lag, [r, grid.weights, grid.coords, grid.atom_coords])
     return (torch.stack([d0, v.detach(), 8.0 * h.detach()]), *geometric)
 
 
@@ -528,7 +520,9 @@ def _kernel_directions(
     """Weighted E_u(x0), E_uv x1_v, E_uv x2_v and E_uvw x1_v x1_w per point ``(nfeat, ngrid)``
     each (``feats`` = x0, x1[, x2]; the third and fourth None when not asked): directional
     derivatives by autograd, one backward pass per direction (a local functional's in chunks of
-    ``_POINT_CHUNK`` points, weights applied after; a nonlocal one's on the whole grid)."""
+    ``_POINT_CHUNK`` points, weights applied after; EG-XC's as gradients of the Lagrangians
+    d^2E[x1, x1] and dE[x2] by its chunked ``lagrangian_derivatives``; another nonlocal one's
+    on the whole grid)."""
 
     def directions(energy, r, sl) -> list[torch.Tensor | None]:
         v = _autograd(energy, r, True)
@@ -538,6 +532,18 @@ def _kernel_directions(
         return [None if x is None else x.detach() for x in (v, f1, f2, k)]
 
     x0 = feats[0]
+    chunked = getattr(functional, "lagrangian_derivatives", None)
+    if chunked is not None:  # EG-XC, point chunk by point chunk: gradients of Lagrangians
+        zero = torch.zeros_like(x0)
+        pick = lambda xp, xt, c2: chunked(torch.stack([x0, xp, xt]), grid, 0.0, c2)[0]  # noqa: E731
+        if with_kxc:  # d/dx0, d/dxP, d/dxT of d^2E[x1, x1] = E_uvw x1 x1, E_u, 2 E_uv x1
+            k, v, f1 = pick(zero, feats[1], 1.0)
+            f1 = 0.5 * f1
+        else:  # of dE[x1]: E_uv x1, E_u
+            f1, v, _ = pick(feats[1], zero, 0.0)
+            k = None
+        f2 = pick(feats[2], zero, 0.0)[0] if with_oo else None
+        return [v, f1, f2, k]
     if not functional.is_local:
         r = x0.detach().requires_grad_(True)
         with torch.enable_grad():

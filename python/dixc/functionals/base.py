@@ -31,6 +31,18 @@ from dixc.grid import Grid
 NFEAT = {"LDA": 1, "GGA": 4, "MGGA": 5}
 
 
+def grads_or_zeros(y: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """dy/dx for each x of ``inputs`` (detached; zeros where x does not require grad or y does
+    not depend on it)."""
+    wanted = [t for t in inputs if t.requires_grad]
+    got = iter(torch.autograd.grad(y, wanted, allow_unused=True) if wanted else ())
+    out = []
+    for t in inputs:
+        g = next(got) if t.requires_grad else None
+        out.append(torch.zeros_like(t) if g is None else g.detach())
+    return tuple(out)
+
+
 class XCFunctional(torch.nn.Module):
     """Base class: subclasses set ``xctype`` (and ``is_local``) and implement ``energy_density``."""
 

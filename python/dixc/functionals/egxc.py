@@ -114,7 +114,7 @@ import torch
 from torch import Tensor
 
 from dixc.functionals import create, register
-from dixc.functionals.base import XCFunctional, check_features
+from dixc.functionals.base import XCFunctional, check_features, grads_or_zeros
 from dixc.functionals.classical import (
     B88Exchange,
     Mix,
@@ -259,6 +259,7 @@ class PairStructure:
                 self.blocks.append((atom, g[b : min(b + block_pairs, start + cnt)]))
             start += cnt
         self._cache: dict[int, tuple[Tensor, Tensor]] = {}  # block -> (rad, ylm), see factors
+        self._chunks: dict[int, list] = {}  # chunk size -> point_chunks
         self._box = [0]  # bytes this structure holds in the global basis cache
         weakref.finalize(self, _release, self._box)
 
@@ -363,6 +364,52 @@ class PairStructure:
             g_pts.index_add_(0, idx, gd)
             g_atm[atom] -= gd.sum(dim=0)
         return g_pts, g_atm
+
+    def point_chunks(self, chunk: int) -> list[tuple[slice, list[tuple[int, Tensor]]]]:
+        """The pairs regrouped by chunks of ``chunk`` consecutive points (cached per size).
+
+        Returns:
+            per chunk ``(points, groups)``: the slice of its points and, per atom with a pair in
+            it, ``(atom, idx)`` with ``idx`` the points (relative to the chunk's first) within
+            the cutoff of that atom.
+        """
+        hit = self._chunks.get(chunk)
+        if hit is not None:
+            return hit
+        dev = self.coords.device
+        g = torch.cat([idx for _, idx in self.blocks]) if self.blocks else torch.zeros(
+            0, dtype=torch.long, device=dev)  # fmt: skip
+        at = torch.cat([torch.full_like(idx, atom) for atom, idx in self.blocks]) if self.blocks \
+            else torch.zeros(0, dtype=torch.long, device=dev)  # fmt: skip
+        key = (g // chunk) * self.natm + at  # (chunk, atom) of each pair
+        order = torch.argsort(key * max(self.ngrid, 1) + g)
+        g, key = g[order], key[order]
+        uniq, counts = torch.unique_consecutive(key, return_counts=True)
+        out: list[tuple[slice, list[tuple[int, Tensor]]]] = [
+            (slice(a, min(a + chunk, self.ngrid)), []) for a in range(0, self.ngrid, chunk)
+        ]
+        for k, piece in zip(uniq.tolist(), torch.split(g, counts.tolist()), strict=True):
+            c, atom = divmod(k, self.natm)
+            out[c][1].append((atom, piece - c * chunk))
+        self._chunks[chunk] = out
+        return out
+
+    def scatter_points(
+        self, t: Tensor, coords: Tensor, atom_coords: Tensor, groups: list[tuple[int, Tensor]]
+    ) -> Tensor:
+        """y = B X on the points of one chunk, differentiable in ``t``, ``coords`` and
+        ``atom_coords`` (to any order): ``(natm, K, C)`` -> ``(n, C)``.
+
+        Args:
+            t: atom-side operand X ``(natm, K, C)``.
+            coords: the chunk's points ``(n, 3)``; atom_coords ``(natm, 3)``.
+            groups: the chunk's ``(atom, idx)`` from :meth:`point_chunks`.
+        """
+        out = t.new_zeros(coords.shape[0], t.shape[-1])
+        for atom, idx in groups:
+            basis = self.basis_of(coords.index_select(0, idx) - atom_coords[atom])
+            out = out.index_add(0, idx, basis @ t[atom])
+        return out
 
     def stats(self) -> dict[str, int]:
         """Sizes: points, atoms, blocks, pairs within the cutoff (= pairs evaluated)."""
@@ -565,6 +612,14 @@ def _atom_graph(grid: Grid, cutoff: float, n_rbf: int) -> tuple[Tensor, ...]:
     return cache[key]
 
 
+def _check_normaliser(z: Tensor, ps: PairStructure) -> None:
+    if bool((z <= 0.0).any()):
+        raise ValueError(
+            "dixc: EG-XC: an atom has no grid point within the cutoff "
+            f"({ps.cutoff} Bohr); use a molecular grid (dixc.grid.make_grid)"
+        )
+
+
 def _graph_normaliser(grid: Grid, ps: PairStructure) -> Tensor:
     """Z_a = sum_g w_g phi_1(d_ga) ``(natm,)`` (cached unless the geometry requires grad);
     phi_1 > 0 inside the cutoff."""
@@ -574,15 +629,25 @@ def _graph_normaliser(grid: Grid, ps: PairStructure) -> Tensor:
     if moving or key not in cache:
         w = grid.weights.to(grid.coords)[None, :, None]
         z = _gather(w, grid, ps)[0, :, 0, 0]
-        if bool((z <= 0.0).any()):
-            raise ValueError(
-                "dixc: EG-XC: an atom has no grid point within the cutoff "
-                f"({ps.cutoff} Bohr); use a molecular grid (dixc.grid.make_grid)"
-            )
+        _check_normaliser(z, ps)
         if moving:
             return z
         cache[key] = z
     return cache[key]
+
+
+def _jvp(y: Tensor, x: Tensor, v: Tensor) -> Tensor:
+    """J v for y = y(x) (J = dy/dx) by two reverse passes, differentiable again in x and v."""
+    u = torch.zeros_like(y, requires_grad=True)
+    (g,) = torch.autograd.grad(y, x, u, create_graph=True)
+    (j,) = torch.autograd.grad(g, u, v, create_graph=True)
+    return j
+
+
+def _grad_graph(y: Tensor, xs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """d(sum y)/dx for each x, keeping the graph (zeros where y does not depend on x)."""
+    got = torch.autograd.grad(y.sum(), xs, create_graph=True, allow_unused=True)
+    return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(got, xs, strict=True))
 
 
 # --------------------------------------------------------------------------- networks
@@ -845,19 +910,30 @@ class EGXC(XCFunctional):
     def _decode(self, s: Tensor, v: Tensor, grid: Grid) -> Tensor:
         """g_NL (and the readout density in the last channel): ``(Bt, ngrid, nl_channels + 1)``."""
         ps = self._pairs(grid)
+        znorm = _graph_normaliser(grid, ps) if self.graph_readout else None
+        return _scatter(self._atom_tensor(s, v, znorm), grid, ps)
+
+    def _atom_tensor(self, s: Tensor, v: Tensor, znorm: Tensor | None) -> Tensor:
+        """The atom-side operand of the decoding, ``(Bt, natm, K, nl_channels + 1)``: g = B X.
+
+        ``znorm`` ``(natm,)``: the readout's normaliser Z_a (None without the readout)."""
         bt, natm, _ = s.shape
         nr, nl = self.n_radial, self.nl_channels
         r = self.decoder(s).reshape(bt, natm, 2, nr, nl) / math.sqrt(nr)
         t0 = r[:, :, 0, None] * self.out_s(s)[:, :, None, None, :]  # (Bt, natm, 1, nr, nl)
         t1 = r[:, :, 1, None] * self.out_v(v)[:, :, :, None, :]  # (Bt, natm, 3, nr, nl)
         t = torch.cat([t0, t1], dim=2)  # (Bt, natm, 4, nr, nl), k = (m, n)
-        if self.graph_readout:  # E_graph: atom a's energy on the k = (Y_0, phi_1) channel
-            eps_a = self.readout(s)[..., 0] / _graph_normaliser(grid, ps).to(s.dtype)
+        if znorm is not None:  # E_graph: atom a's energy on the k = (Y_0, phi_1) channel
+            eps_a = self.readout(s)[..., 0] / znorm.to(s.dtype)
             eg = torch.nn.functional.pad(eps_a[:, :, None, None, None], (0, 0, 0, nr - 1, 0, 3))
         else:
             eg = s.new_zeros(bt, natm, 4, nr, 1)
-        t = torch.cat([t, eg], dim=-1).reshape(bt, natm, ps.K, nl + 1)
-        return _scatter(t, grid, ps)
+        return torch.cat([t, eg], dim=-1).reshape(bt, natm, 4 * nr, nl + 1)
+
+    def _pointwise(self, rho: Tensor, g: Tensor) -> Tensor:
+        """e_xc ``(Bt, n)`` from the features ``(Bt, 5, n)`` and the decoded ``(Bt, n, nl + 1)``."""
+        gamma = 1.0 + self.gamma_net(g[..., :-1])[..., 0]
+        return gamma * self._local(rho) + g[..., -1]
 
     # ----------------------------------------------------------------------- public API
 
@@ -873,9 +949,7 @@ class EGXC(XCFunctional):
         """
         r, grid = self._batched(rho, grid)
         s, v = self._atoms(self._embed(r, grid), grid)
-        g = self._decode(s, v, grid)
-        gamma = 1.0 + self.gamma_net(g[..., :-1])[..., 0]
-        e = gamma * self._local(r) + g[..., -1]
+        e = self._pointwise(r, self._decode(s, v, grid))
         return e if rho.dim() == 3 else e[0]
 
     def embedding(self, rho: Tensor, grid: Grid) -> Tensor:
@@ -896,6 +970,139 @@ class EGXC(XCFunctional):
         s, v = self._atoms(self._embed(r, grid), grid)
         g = self._decode(s, v, grid)[..., :-1]
         return g if rho.dim() == 3 else g[0]
+
+    def lagrangian_derivatives(
+        self, feats: Tensor, grid: Grid, c0: float, c2: float, chunk: int = 4096
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Derivatives of L = c0 E(x0) + dE(x0)[xP] + c2 d^2E(x0)[xT, xT], point chunk by chunk.
+
+        The TDDFT gradient's XC Lagrangian (c0 = 1, c2 = 4) and the directional derivatives of
+        its XC matrices (:mod:`dixc.nuclear_grad`) need E_xc to third order. Differentiated on the
+        whole grid at once, the graph of the pointwise networks holds every point (GBs for a
+        20-atom molecule); here the only nonlocal couplings, the density embedding H (a gather of
+        w rho) and the decoding's atom operand X (X = X(H, Z, R), Z the readout normaliser), are
+        taken as seams:
+
+        1. H and Z for the three densities (linear in them: H(x0 + e xP + t xT) = H0 + e HP +
+           t HT), pair block by pair block, no graph.
+        2. On the atoms (small; with graph): X0 = X(H0), its directional derivatives XP = X'[HP],
+           XT = X'[HT] and XTT = X''[HT, HT].
+        3. Chunk by chunk of points: g = B X for the four (the decoded jets), the pointwise
+           Lagrangian l = c0 e + e_z zP + c2 (zT e_zz zT + e_z zTT) of e(z), z = (x, g), with
+           zP = (xP, gP), zT = (xT, gT), zTT = (0, gTT), and sum_g w_g l_g differentiated w.r.t.
+           the chunk's features, weights, points, the nuclei and the four X.
+        4. Those X cotangents pulled back through the atom network to H0, HP, HT, Z, the nuclei.
+        5. Chunk by chunk: the H and Z cotangents pulled back through the gather to the features'
+           densities, the weights, points and nuclei.
+
+        Memory is bounded by the chunk (plus the atom-level graph); values equal the whole-grid
+        derivatives (:func:`dixc.nuclear_grad` for other nonlocal functionals) to rounding.
+
+        Args:
+            feats: ``(3, 5, ngrid)`` features x0, xP, xT.
+            grid: the grid; its ``coords``, ``weights``, ``atom_coords`` may require grad (then
+                their derivatives are returned, else zeros).
+            c0, c2: the coefficients of E and of the second derivative.
+            chunk: points per chunk.
+
+        Returns:
+            ``(dL/dfeats (3, 5, ngrid), dL/dw (ngrid,), dL/dcoords (ngrid, 3), dL/dR (natm, 3))``.
+        """
+        x, grid = self._batched(feats.detach(), grid)
+        if x.shape[0] != 3:
+            raise ValueError(f"dixc: EG-XC: feats must be (3, 5, ngrid), got {tuple(feats.shape)}")
+        ps = self._pairs(grid)
+        natm, nr, nc = ps.natm, self.n_radial, self.nl_channels + 1
+        coords = grid.coords.detach()
+        leaf = lambda t, like: t.detach().to(coords).requires_grad_(like.requires_grad)  # noqa: E731
+        w = leaf(grid.weights, grid.weights)
+        pts = leaf(grid.coords, grid.coords)
+        atoms = leaf(grid.atom_coords, grid.atom_coords)
+        mask = x[0, 0] > self.rho_min
+
+        # 1. the seams' values (linear in the densities and in w)
+        with torch.no_grad():
+            y = torch.where(mask, x[:, 0] * w, torch.zeros_like(x[:, 0]))  # (3, ngrid)
+            h = ps.gather(y[:, :, None])[..., 0]  # (3, natm, K)
+            znorm = None
+            if self.graph_readout:
+                znorm = ps.gather(w.detach()[None, :, None])[0, :, 0, 0]
+                _check_normaliser(znorm, ps)
+
+        # 2. the atom network and its directional derivatives (graph kept for step 4)
+        geo = Grid(coords, w, atoms, grid.atom_charges)
+        with torch.enable_grad():
+            hl = [h[k].detach().requires_grad_(True) for k in range(3)]
+            zl = None if znorm is None else znorm.detach().requires_grad_(True)
+
+            def operand(hk: Tensor) -> Tensor:  # (natm, K) -> X (natm, K, nc)
+                s, v = self._atoms(hk.reshape(1, natm, 4, nr).transpose(-1, -2), geo)
+                return self._atom_tensor(s, v, zl)[0]
+
+            jets = [operand(hl[0])]
+            jets.append(_jvp(jets[0], hl[0], hl[1]))
+            if c2:
+                jets.append(_jvp(jets[0], hl[0], hl[2]))
+                jets.append(_jvp(jets[2], hl[0], hl[2]))
+        xj = torch.cat([j.detach() for j in jets], dim=-1).requires_grad_(True)  # (natm, K, nj nc)
+
+        # 3. the pointwise Lagrangian, chunk by chunk
+        d_x, d_xj = torch.zeros_like(x), torch.zeros_like(xj)
+        d_w, d_pts, d_atoms = torch.zeros_like(w), torch.zeros_like(pts), torch.zeros_like(atoms)
+        chunks = ps.point_chunks(chunk)
+        for sl, groups in chunks:
+            with torch.enable_grad():
+                xs = x[:, :, sl].detach().requires_grad_(True)
+                ws, cs = leaf(w[sl], w), leaf(pts[sl], pts)
+                g = ps.scatter_points(xj, cs, atoms, groups).reshape(-1, len(jets), nc)
+                r0, g0 = xs[0], g[:, 0]
+                e = self._pointwise(r0[None], g0[None])[0]
+                vx, vg = _grad_graph(e, (r0, g0))
+                ell = c0 * e + (vx * xs[1]).sum(0) + (vg * g[:, 1]).sum(-1)
+                if c2:
+                    dirs = (vx * xs[2]).sum(0) + (vg * g[:, 2]).sum(-1)
+                    hx, hg = _grad_graph(dirs, (r0, g0))
+                    second = (hx * xs[2]).sum(0) + (hg * g[:, 2]).sum(-1) + (vg * g[:, 3]).sum(-1)
+                    ell = ell + c2 * second
+                got = grads_or_zeros((ws * ell).sum(), [xs, xj, ws, cs, atoms])
+            d_x[:, :, sl] += got[0]
+            d_xj += got[1]
+            d_w[sl] += got[2]
+            d_pts[sl] += got[3]
+            d_atoms += got[4]
+
+        # 4. through the atom network
+        with torch.enable_grad():
+            cots = d_xj.split(nc, dim=-1)
+            inputs = [*hl, atoms] + ([] if zl is None else [zl])
+            wanted = [t for t in inputs if t.requires_grad]
+            got = iter(torch.autograd.grad(jets, wanted, cots, allow_unused=True))
+            back = [next(got) if t.requires_grad else None for t in inputs]
+        c_h = [torch.zeros_like(t) if b is None else b.detach() for b, t in zip(back, inputs)]
+        if back[3] is not None:
+            d_atoms += back[3].detach()
+        q = torch.stack(c_h[:3], dim=-1)  # (natm, K, 3): cotangents of H0, HP, HT
+        if zl is not None:  # Z_a = sum_g w_g B[g, a, k = 0]
+            qz = torch.zeros(natm, ps.K, 1, dtype=q.dtype, device=q.device)
+            qz[:, 0, 0] = c_h[4]
+            q = torch.cat([q, qz], dim=-1)
+
+        # 5. through the gather, chunk by chunk
+        for sl, groups in chunks:
+            with torch.enable_grad():
+                ns = x[:, 0, sl].detach().requires_grad_(True)
+                ws, cs = leaf(w[sl], w), leaf(pts[sl], pts)
+                u = ps.scatter_points(q, cs, atoms, groups)  # (n, 3 or 4)
+                ys = torch.where(mask[sl], ns * ws, torch.zeros_like(ns))
+                lag = (ys * u[:, :3].T).sum()
+                if zl is not None:
+                    lag = lag + (ws * u[:, 3]).sum()
+                got = grads_or_zeros(lag, [ns, ws, cs, atoms])
+            d_x[:, 0, sl] += got[0]
+            d_w[sl] += got[1]
+            d_pts[sl] += got[2]
+            d_atoms += got[3]
+        return d_x, d_w, d_pts, d_atoms
 
     def pair_stats(self, grid: Grid) -> dict[str, int]:
         """Neighbour-structure sizes of ``grid`` (see :meth:`PairStructure.stats`)."""
