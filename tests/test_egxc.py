@@ -423,52 +423,70 @@ def test_graph_readout_off():
 # --------------------------------------------------------------------------- chunked Lagrangian
 
 
-def _whole_grid_lagrangian(f, feats, grid, c0, c2):
-    """Reference: L = c0 E(x0) + dE[xP] + c2 d^2E[xT, xT] by plain autograd on the whole grid
-    (the pair maps in ``any_order_geometry``), and its derivatives (dL/dxP = E_u, dL/dxT =
-    2 c2 E_uv xT)."""
-    x0, xp, xt = feats
+def _whole_grid_lagrangian(f, x0, grid, c0, xp, xa, xb):
+    """Reference: L = c0 E(x0) + dE[xP] + sum_b d^2E[xA_b, xB_b] by plain autograd on the whole
+    grid (the pair maps in ``any_order_geometry``) and its gradients w.r.t. the densities, the
+    grid's weights, points and nuclei and the parameters."""
     r = x0.clone().requires_grad_(True)
+    dirs = [t.clone().requires_grad_(True) for t in (xp, xa, xb)]
+    params = [p for p in f.parameters() if p.requires_grad]
+    geo = [grid.weights, grid.coords, grid.atom_coords]
     with egxc.any_order_geometry():
         e = f(r, grid)
         (v,) = torch.autograd.grad(e, r, create_graph=True)
-        (h,) = torch.autograd.grad((v * xt).sum(), r, create_graph=True)
-        lag = c0 * e + (v * xp).sum() + c2 * (h * xt).sum()
-        geo = [grid.weights, grid.coords, grid.atom_coords]
-        moving = [t for t in geo if t.requires_grad]
-        got = iter(torch.autograd.grad(lag, [r, *moving]))
-    d0 = next(got)
-    out = [next(got) if t.requires_grad else torch.zeros_like(t) for t in geo]
-    return (torch.stack([d0, v.detach(), 2.0 * c2 * h.detach()]), *out)
+        lag = c0 * e + (v * dirs[0]).sum()
+        for a, b in zip(dirs[1], dirs[2], strict=True):
+            (h,) = torch.autograd.grad((v * a).sum(), r, create_graph=True)
+            lag = lag + (h * b).sum()
+        inputs = [r, *dirs, *[t for t in geo if t.requires_grad], *params]
+        got = list(torch.autograd.grad(lag, inputs, allow_unused=True))
+    out = got[:4]
+    for t in geo:
+        out.append(got.pop(4) if t.requires_grad else torch.zeros_like(t))
+    return lag.detach(), out, got[4:]
 
 
 @pytest.mark.parametrize("readout", [True, False])
-def test_chunked_lagrangian_derivatives_equal_whole_grid(readout):
-    """``EGXC.lagrangian_derivatives`` (what the excited-state gradients call: point chunks
-    between the atom-level seams H, Z and X, memory bounded by the chunk) equals plain whole-grid
-    autograd of L = c0 E + dE[xP] + c2 d^2E[xT, xT] to 1e-10 relative (measured 8e-14), for the
-    features, weights, points and nuclei, on a moving and a fixed grid, for the TDDFT Lagrangian
-    (c0 = 1, c2 = 4) and the kernel products' (0, 1), (0, 0), chunks of 997 points (ngrid not a
-    multiple)."""
+def test_chunked_lagrangian_equals_whole_grid(readout):
+    """``EGXC.lagrangian`` (what the excited-state gradients and the recomputed training backward
+    call: point chunks between the atom-level seams H, Z and X, memory bounded by the chunk)
+    equals plain whole-grid autograd of L = c0 E + dE[xP] + sum_b d^2E[xA_b, xB_b]: the value
+    and its gradients w.r.t. x0, xP, xA, xB, the weights, points, nuclei (moving grid; zeros on
+    a fixed one) and every parameter, to 1e-10 relative (measured 2e-13), chunks of 997 points
+    (ngrid not a multiple), two pairs."""
     torch.manual_seed(21)
     f = perturbed(F.create("egxc", graph_readout=readout, **EGXC_SMALL), scale=0.2)
     rho, grid = water(1)
     gen = torch.Generator().manual_seed(3)
-    feats = torch.stack([rho] + [rho * torch.randn(rho.shape, generator=gen, dtype=rho.dtype)
-                                 for _ in range(2)])  # fmt: skip
+    rnd = lambda *s: rho * torch.randn(*s, *rho.shape, generator=gen, dtype=rho.dtype)  # noqa: E731
+    xp, xa, xb = rnd(), rnd(2), rnd(2)
+    params = [p for p in f.parameters() if p.requires_grad]
     for moving in (True, False):
-        geo = [t.clone().requires_grad_(moving) for t in (grid.coords, grid.weights,
+        geo = [t.clone().requires_grad_(moving) for t in (grid.weights, grid.coords,
                                                           grid.atom_coords)]  # fmt: skip
-        g = Grid(*geo, atom_charges=grid.atom_charges)
-        for c0, c2 in ((1.0, 4.0), (0.0, 1.0), (0.0, 0.0)):
-            got = f.lagrangian_derivatives(feats, g, c0, c2, chunk=997)
-            ref = _whole_grid_lagrangian(f, feats, g, c0, c2)
-            for name, a, b in zip(("feats", "weights", "points", "nuclei"), got, ref, strict=True):
-                if moving or name == "feats":
+        g = Grid(geo[1], geo[0], geo[2], grid.atom_charges)
+        for c0 in (1.0, 0.0):
+            got = f.lagrangian(rho, g, c0, xp, xa, xb, params=True, chunk=997)
+            value, ref, ref_params = _whole_grid_lagrangian(f, rho, g, c0, xp, xa, xb)
+            assert abs(float(got.value - value)) <= 1e-12 * abs(float(value))
+            names = ("x0", "xp", "xa", "xb", "weights", "coords", "atom_coords")
+            for name, b in zip(names, ref, strict=True):
+                a = getattr(got, name)
+                if moving or name[0] == "x":
                     assert float(b.abs().max()) > 0.0, name
-                    assert rel(a, b) < 1e-10, (moving, c0, c2, name, rel(a, b))
+                    assert rel(a, b) < 1e-10, (moving, c0, name, rel(a, b))
                 else:
                     assert float(a.abs().max()) == 0.0, name
+            assert len(got.params) == len(params)
+            for p, a, b in zip(params, got.params, ref_params, strict=True):
+                if b is None:
+                    assert a is None or float(a.abs().max()) == 0.0
+                else:
+                    assert rel(a, b) < 1e-10, (p.shape, rel(a, b))
+        only = f.lagrangian(rho, g, 1.0, chunk=997)  # E alone: its value and gradient
+        with torch.no_grad():
+            assert abs(float(only.value - f(rho, g))) <= 1e-12 * abs(float(only.value))
+        assert only.xp is None and only.xa is None and only.params is None
 
 
 # --------------------------------------------------------------------------- errors

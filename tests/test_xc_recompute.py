@@ -175,6 +175,15 @@ def _egxc(**kw) -> F.XCFunctional:
     return _functional("egxc", **{**EGXC_SMALL, **kw})
 
 
+@pytest.fixture(params=["whole-grid", "seams"])
+def seams(request, monkeypatch):
+    """Both paths of the nonlocal Functions: the whole grid's recomputed graph, and EG-XC's
+    chunked ``lagrangian`` (used above ``xc.SEAM_MIN_POINTS`` points; 0 here)."""
+    if request.param == "seams":
+        monkeypatch.setattr(xc, "SEAM_MIN_POINTS", 0)
+    return request.param
+
+
 def _direct_nonlocal(f, rho, grid):
     exc = f(rho, grid)
     (g,) = torch.autograd.grad(exc.sum(), rho, create_graph=True)
@@ -182,9 +191,10 @@ def _direct_nonlocal(f, rho, grid):
 
 
 @pytest.mark.parametrize("batched", [False, True])
-def test_nonlocal_matches_plain_graph(batched):
+def test_nonlocal_matches_plain_graph(batched, seams):
     """(E_xc, dE/d rho) and the gradients of a random linear functional of them w.r.t. rho and
-    every parameter equal the plain graph's (1e-12); batched densities too."""
+    every parameter equal the plain graph's (1e-12); batched densities too; whole-grid and
+    chunked (seams) recomputation."""
     f = _egxc()
     rho, grid = toy_molecule(npts=6)
     if batched:
@@ -271,10 +281,11 @@ def _responses(rho, nb, seed=5):
 
 
 @pytest.mark.parametrize("chunk", [1, 2, None])
-def test_fxc_matches_plain_graph(chunk):
+def test_fxc_matches_plain_graph(chunk, seams):
     """w1 of 3 response densities, and the gradients of a random linear functional of it w.r.t.
     rho0, rho1 and every parameter, equal the plain graph's (1e-12 / 1e-11) for every chunking
-    of the probes (1 and 2 leave a partial last chunk; None takes all in one pass)."""
+    of the probes (1 and 2 leave a partial last chunk; None takes all in one pass; the chunked
+    ``lagrangian`` (seams) takes all probes per chunk of points)."""
     f = _egxc()
     rho, grid = toy_molecule(npts=6)
     params = [p for p in f.parameters() if p.requires_grad]
@@ -297,7 +308,7 @@ def test_fxc_matches_plain_graph(chunk):
 
 @pytest.mark.parametrize("chunk", [1, None])
 @pytest.mark.parametrize("used", ["exc", "wv", "w1", "exc+wv", "exc+wv+w1"])
-def test_fxc_first_order_outputs_match_plain_graph(chunk, used):
+def test_fxc_first_order_outputs_match_plain_graph(chunk, used, seams):
     """E_xc and dE/d rho come out of the same Function as w1 (one graph for all three): their
     values equal the plain graph's (1e-12) and the gradients w.r.t. rho0, rho1 and every
     parameter of a random linear functional of any subset of the outputs do too (1e-11); an

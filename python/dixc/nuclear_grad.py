@@ -388,7 +388,7 @@ def _lagrangian_derivatives(
         ``(dL/dx (3, nfeat, ngrid), dL/dw (ngrid,), dL/dcoords (ngrid, 3), dL/dR (natm, 3))``.
         A local functional's pointwise l = e + e_u xP_u + 4 e_uv xT_u xT_v is done in chunks of
         ``_POINT_CHUNK`` points (dL/dw = l; no explicit coordinates); EG-XC's by its own
-        ``lagrangian_derivatives`` (point chunks between its atom-level seams, bounded memory);
+        ``lagrangian`` (point chunks between its atom-level seams, bounded memory);
         another nonlocal one's L on the whole grid (three backward passes through its energy).
     """
     x0, xp, xt = feats
@@ -410,9 +410,11 @@ def _lagrangian_derivatives(
             torch.zeros_like(grid.coords),
             torch.zeros_like(grid.atom_coords),
         )
-    chunked = getattr(functional, "lagrangian_derivatives", None)
+    chunked = getattr(functional, "lagrangian", None)
     if chunked is not None:  # EG-XC: point chunk by point chunk (bounded memory)
-        return chunked(feats, grid, 1.0, 4.0)
+        r = chunked(x0, grid, 1.0, xp, xt[None], 4.0 * xt[None])  # 4 d^2E[xT, xT] = d^2E[xT, 4 xT]
+        return (torch.stack([r.x0, r.xp, r.xa[0] + 4.0 * r.xb[0]]), r.weights, r.coords,
+                r.atom_coords)  # fmt: skip
     from dixc.functionals.egxc import any_order_geometry
 
     r = x0.detach().requires_grad_(True)
@@ -520,8 +522,8 @@ def _kernel_directions(
     """Weighted E_u(x0), E_uv x1_v, E_uv x2_v and E_uvw x1_v x1_w per point ``(nfeat, ngrid)``
     each (``feats`` = x0, x1[, x2]; the third and fourth None when not asked): directional
     derivatives by autograd, one backward pass per direction (a local functional's in chunks of
-    ``_POINT_CHUNK`` points, weights applied after; EG-XC's as gradients of the Lagrangians
-    d^2E[x1, x1] and dE[x2] by its chunked ``lagrangian_derivatives``; another nonlocal one's
+    ``_POINT_CHUNK`` points, weights applied after; EG-XC's as gradients of one Lagrangian by
+    its chunked ``lagrangian``; another nonlocal one's
     on the whole grid)."""
 
     def directions(energy, r, sl) -> list[torch.Tensor | None]:
@@ -532,18 +534,15 @@ def _kernel_directions(
         return [None if x is None else x.detach() for x in (v, f1, f2, k)]
 
     x0 = feats[0]
-    chunked = getattr(functional, "lagrangian_derivatives", None)
-    if chunked is not None:  # EG-XC, point chunk by point chunk: gradients of Lagrangians
+    chunked = getattr(functional, "lagrangian", None)
+    if chunked is not None:  # EG-XC, point chunk by point chunk, all four from one Lagrangian:
+        # L = d^2E[x1, x1 or 0] (+ d^2E[x2, 0]): dL/dx0 = E_uvw x1 x1 (with k), dL/dxP = E_u
+        # (xP = 0), dL/dxB_b = E_uv xA_b
         zero = torch.zeros_like(x0)
-        pick = lambda xp, xt, c2: chunked(torch.stack([x0, xp, xt]), grid, 0.0, c2)[0]  # noqa: E731
-        if with_kxc:  # d/dx0, d/dxP, d/dxT of d^2E[x1, x1] = E_uvw x1 x1, E_u, 2 E_uv x1
-            k, v, f1 = pick(zero, feats[1], 1.0)
-            f1 = 0.5 * f1
-        else:  # of dE[x1]: E_uv x1, E_u
-            f1, v, _ = pick(feats[1], zero, 0.0)
-            k = None
-        f2 = pick(feats[2], zero, 0.0)[0] if with_oo else None
-        return [v, f1, f2, k]
+        xa = torch.stack([feats[1]] + ([feats[2]] if with_oo else []))
+        xb = torch.stack([feats[1] if with_kxc else zero] + ([zero] if with_oo else []))
+        r = chunked(x0, grid, 0.0, zero, xa, xb)
+        return [r.xp, r.xb[0], r.xb[1] if with_oo else None, r.x0 if with_kxc else None]
     if not functional.is_local:
         r = x0.detach().requires_grad_(True)
         with torch.enable_grad():

@@ -31,15 +31,20 @@ from dixc.grid import Grid
 NFEAT = {"LDA": 1, "GGA": 4, "MGGA": 5}
 
 
-def grads_or_zeros(y: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """dy/dx for each x of ``inputs`` (detached; zeros where x does not require grad or y does
-    not depend on it)."""
+def grads_or_zeros(
+    y: torch.Tensor | list[torch.Tensor],
+    inputs: list[torch.Tensor],
+    grad_outputs: list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None,
+    none: bool = False,
+) -> tuple[torch.Tensor | None, ...]:
+    """dy/dx for each x of ``inputs`` (detached; zeros, or None with ``none``, where x does not
+    require grad or y does not depend on it). ``y`` may be a list with ``grad_outputs``."""
     wanted = [t for t in inputs if t.requires_grad]
-    got = iter(torch.autograd.grad(y, wanted, allow_unused=True) if wanted else ())
+    got = iter(torch.autograd.grad(y, wanted, grad_outputs, allow_unused=True) if wanted else ())
     out = []
     for t in inputs:
         g = next(got) if t.requires_grad else None
-        out.append(torch.zeros_like(t) if g is None else g.detach())
+        out.append((None if none else torch.zeros_like(t)) if g is None else g.detach())
     return tuple(out)
 
 

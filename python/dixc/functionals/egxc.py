@@ -98,6 +98,14 @@ then pull their derivative back through the pair basis of r_g - R_a block by blo
 recomputed with autograd instead of taken from the caches. :mod:`dixc.nuclear_grad` uses this for
 the explicit nuclear terms of the analytic gradient.
 
+Higher derivatives in bounded memory (:meth:`EGXC.lagrangian`): E_xc does not split over grid
+points, but it does at two atom-level seams, H (a gather of w rho, linear in the density) and the
+decoding's atom operand X(H, Z, R). The Lagrangians that the excited-state gradients and the
+recomputed training backward differentiate (c0 E + dE[xP] + sum_b d^2E[xA_b, xB_b]) are therefore
+done as: the H's without a graph; X and its directional derivatives on the atoms; the pointwise
+part chunk by chunk of points; the cotangents back through the atoms and, chunk by chunk,
+through the gather. Memory is one chunk's graph (plus the atoms'), not the whole grid's.
+
 Defaults: n_radial = 16 radial functions (K = 64 per pair with l <= 1), channels F = 32 (PaiNN
 scalars and vectors), 3 PaiNN layers, nl_channels = 16 decoded features, cutoff = 5 Bohr
 (integration and decoding), gnn_cutoff = 6 Bohr (atom graph), local and reweighting MLPs 2 x 32
@@ -109,6 +117,7 @@ from __future__ import annotations
 import contextlib
 import math
 import weakref
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -124,7 +133,7 @@ from dixc.functionals.classical import (
 )
 from dixc.grid import Grid
 
-__all__ = ["BASIS_CACHE_MB", "EGXC", "PairStructure", "pair_structure"]
+__all__ = ["BASIS_CACHE_MB", "EGXC", "Lagrangian", "PairStructure", "pair_structure"]
 
 _C_S = 2.0 * (3.0 * math.pi**2) ** (1.0 / 3.0)  # s = |grad rho| / (_C_S rho^(4/3))
 _C_TAU = 0.3 * (3.0 * math.pi**2) ** (2.0 / 3.0)  # tau_unif = _C_TAU rho^(5/3)
@@ -644,6 +653,32 @@ def _jvp(y: Tensor, x: Tensor, v: Tensor) -> Tensor:
     return j
 
 
+def _add(acc: Tensor, g: Tensor | None) -> None:
+    if g is not None:
+        acc += g
+
+
+def _accumulate(acc: list, grads) -> None:
+    """``acc[i] += grads[i]`` (None grads skipped, empty slots set)."""
+    for i, g in enumerate(grads):
+        if g is not None:
+            acc[i] = g if acc[i] is None else acc[i] + g
+
+
+class Lagrangian(NamedTuple):
+    """Value and gradients of :meth:`EGXC.lagrangian` (shapes of the inputs)."""
+
+    value: Tensor
+    x0: Tensor
+    xp: Tensor | None
+    xa: Tensor | None
+    xb: Tensor | None
+    weights: Tensor
+    coords: Tensor
+    atom_coords: Tensor
+    params: tuple[Tensor | None, ...] | None
+
+
 def _grad_graph(y: Tensor, xs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     """d(sum y)/dx for each x, keeping the graph (zeros where y does not depend on x)."""
     got = torch.autograd.grad(y.sum(), xs, create_graph=True, allow_unused=True)
@@ -971,59 +1006,81 @@ class EGXC(XCFunctional):
         g = self._decode(s, v, grid)[..., :-1]
         return g if rho.dim() == 3 else g[0]
 
-    def lagrangian_derivatives(
-        self, feats: Tensor, grid: Grid, c0: float, c2: float, chunk: int = 4096
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Derivatives of L = c0 E(x0) + dE(x0)[xP] + c2 d^2E(x0)[xT, xT], point chunk by chunk.
+    def lagrangian(
+        self,
+        x0: Tensor,
+        grid: Grid,
+        c0: float | Tensor = 1.0,
+        xp: Tensor | None = None,
+        xa: Tensor | None = None,
+        xb: Tensor | None = None,
+        params: bool = False,
+        chunk: int = 4096,
+    ) -> Lagrangian:
+        """L = c0 E(x0) + dE(x0)[xP] + sum_b d^2E(x0)[xA_b, xB_b] and its gradients, in memory
+        bounded by a chunk of points.
 
-        The TDDFT gradient's XC Lagrangian (c0 = 1, c2 = 4) and the directional derivatives of
-        its XC matrices (:mod:`dixc.nuclear_grad`) need E_xc to third order. Differentiated on the
-        whole grid at once, the graph of the pointwise networks holds every point (GBs for a
-        20-atom molecule); here the only nonlocal couplings, the density embedding H (a gather of
-        w rho) and the decoding's atom operand X (X = X(H, Z, R), Z the readout normaliser), are
-        taken as seams:
+        The TDDFT gradient's XC Lagrangian, the directional derivatives of its XC matrices
+        (:mod:`dixc.nuclear_grad`) and the recomputed training backward (:mod:`dixc.xc`) need
+        E_xc to second and third order. Differentiated on the whole grid at once, the graph of
+        the pointwise networks holds every point (GBs for a 20-atom molecule); here the only
+        nonlocal couplings, the density embedding H (a gather of w rho) and the decoding's atom
+        operand X = X(H, Z, R) (Z the readout normaliser), are taken as seams:
 
-        1. H and Z for the three densities (linear in them: H(x0 + e xP + t xT) = H0 + e HP +
-           t HT), pair block by pair block, no graph.
-        2. On the atoms (small; with graph): X0 = X(H0), its directional derivatives XP = X'[HP],
-           XT = X'[HT] and XTT = X''[HT, HT].
-        3. Chunk by chunk of points: g = B X for the four (the decoded jets), the pointwise
-           Lagrangian l = c0 e + e_z zP + c2 (zT e_zz zT + e_z zTT) of e(z), z = (x, g), with
-           zP = (xP, gP), zT = (xT, gT), zTT = (0, gTT), and sum_g w_g l_g differentiated w.r.t.
-           the chunk's features, weights, points, the nuclei and the four X.
-        4. Those X cotangents pulled back through the atom network to H0, HP, HT, Z, the nuclei.
-        5. Chunk by chunk: the H and Z cotangents pulled back through the gather to the features'
-           densities, the weights, points and nuclei.
+        1. H for each density (H is linear in the density: H(x0 + e xP + ...) = H0 + e HP + ...)
+           and Z, pair block by pair block, no graph.
+        2. On the atoms (small; graph kept): X0 = X(H0) and its directional derivatives
+           XP = X'[HP], XA_b = X'[HA_b], XB_b = X'[HB_b], XAB_b = X''[HA_b, HB_b].
+        3. Chunk by chunk of points: g = B X for each (the decoded jets) and the pointwise
+           l = c0 e + e_z zP + sum_b (zA_b e_zz zB_b + e_z zAB_b) of e(z), z = (x, g), zP =
+           (xP, gP), zA_b = (xA_b, gA_b), zB_b = (xB_b, gB_b), zAB_b = (0, gAB_b);
+           sum_g w_g l_g differentiated w.r.t. the chunk's features, weights and points, the
+           nuclei, the X's and the pointwise networks' parameters.
+        4. Those X cotangents pulled back through the atom network (H's, Z, nuclei, its
+           parameters).
+        5. Chunk by chunk: the H and Z cotangents pulled back through the gather to the densities,
+           weights, points and nuclei.
 
-        Memory is bounded by the chunk (plus the atom-level graph); values equal the whole-grid
-        derivatives (:func:`dixc.nuclear_grad` for other nonlocal functionals) to rounding.
+        Values equal whole-grid autograd to rounding (``tests/test_egxc.py``).
 
         Args:
-            feats: ``(3, 5, ngrid)`` features x0, xP, xT.
-            grid: the grid; its ``coords``, ``weights``, ``atom_coords`` may require grad (then
-                their derivatives are returned, else zeros).
-            c0, c2: the coefficients of E and of the second derivative.
+            x0: ``(5, ngrid)`` features where E is expanded.
+            grid: the grid; its ``coords``, ``weights``, ``atom_coords`` may require grad (their
+                gradients are returned, else zeros).
+            c0: coefficient of E (a float or a 0-d tensor, taken as a constant).
+            xp: ``(5, ngrid)`` or None (no first-order term).
+            xa, xb: ``(B, 5, ngrid)`` each, or None (no second-order terms).
+            params: also return the gradients w.r.t. the parameters that require grad.
             chunk: points per chunk.
 
         Returns:
-            ``(dL/dfeats (3, 5, ngrid), dL/dw (ngrid,), dL/dcoords (ngrid, 3), dL/dR (natm, 3))``.
+            :class:`Lagrangian`: the value and the gradients (``xp``, ``xa``, ``xb`` None when
+            not given; ``params`` aligned with ``[p for p in self.parameters() if
+            p.requires_grad]``, None entries where L does not depend on one).
         """
-        x, grid = self._batched(feats.detach(), grid)
-        if x.shape[0] != 3:
-            raise ValueError(f"dixc: EG-XC: feats must be (3, 5, ngrid), got {tuple(feats.shape)}")
+        nb = 0 if xa is None else int(xa.shape[0])
+        if (xa is None) != (xb is None) or (xb is not None and xb.shape[0] != nb):
+            raise ValueError("dixc: EG-XC lagrangian: xa and xb come together, with one batch")
+        parts = [x0[None]] + ([] if xp is None else [xp[None]]) + ([xa, xb] if nb else [])
+        x, grid = self._batched(torch.cat([p.detach() for p in parts]), grid)
+        ip = 1 if xp is not None else None  # density index of xP; xA_b at ia + b, xB_b at ib + b
+        ia = 1 + (xp is not None)
+        ib = ia + nb
+        c0 = c0.detach() if isinstance(c0, Tensor) else float(c0)
         ps = self._pairs(grid)
-        natm, nr, nc = ps.natm, self.n_radial, self.nl_channels + 1
+        natm, nr, nc, nk = ps.natm, self.n_radial, self.nl_channels + 1, x.shape[0]
         coords = grid.coords.detach()
         leaf = lambda t, like: t.detach().to(coords).requires_grad_(like.requires_grad)  # noqa: E731
         w = leaf(grid.weights, grid.weights)
         pts = leaf(grid.coords, grid.coords)
         atoms = leaf(grid.atom_coords, grid.atom_coords)
+        plist = [p for p in self.parameters() if p.requires_grad] if params else []
         mask = x[0, 0] > self.rho_min
 
         # 1. the seams' values (linear in the densities and in w)
         with torch.no_grad():
-            y = torch.where(mask, x[:, 0] * w, torch.zeros_like(x[:, 0]))  # (3, ngrid)
-            h = ps.gather(y[:, :, None])[..., 0]  # (3, natm, K)
+            y = torch.where(mask, x[:, 0] * w, torch.zeros_like(x[:, 0]))  # (nk, ngrid)
+            h = ps.gather(y[:, :, None])[..., 0]  # (nk, natm, K)
             znorm = None
             if self.graph_readout:
                 znorm = ps.gather(w.detach()[None, :, None])[0, :, 0, 0]
@@ -1032,23 +1089,23 @@ class EGXC(XCFunctional):
         # 2. the atom network and its directional derivatives (graph kept for step 4)
         geo = Grid(coords, w, atoms, grid.atom_charges)
         with torch.enable_grad():
-            hl = [h[k].detach().requires_grad_(True) for k in range(3)]
+            hl = [h[k].detach().requires_grad_(True) for k in range(nk)]
             zl = None if znorm is None else znorm.detach().requires_grad_(True)
-
-            def operand(hk: Tensor) -> Tensor:  # (natm, K) -> X (natm, K, nc)
-                s, v = self._atoms(hk.reshape(1, natm, 4, nr).transpose(-1, -2), geo)
-                return self._atom_tensor(s, v, zl)[0]
-
-            jets = [operand(hl[0])]
-            jets.append(_jvp(jets[0], hl[0], hl[1]))
-            if c2:
-                jets.append(_jvp(jets[0], hl[0], hl[2]))
-                jets.append(_jvp(jets[2], hl[0], hl[2]))
-        xj = torch.cat([j.detach() for j in jets], dim=-1).requires_grad_(True)  # (natm, K, nj nc)
+            hh = hl[0].reshape(1, natm, 4, nr).transpose(-1, -2)
+            s, v = self._atoms(hh, geo)
+            jets = [self._atom_tensor(s, v, zl)[0]]  # X0 (natm, K, nc)
+            if ip is not None:
+                jets.append(_jvp(jets[0], hl[0], hl[ip]))
+            for b in range(nb):
+                xa_b = _jvp(jets[0], hl[0], hl[ia + b])
+                jets += [xa_b, _jvp(jets[0], hl[0], hl[ib + b]), _jvp(xa_b, hl[0], hl[ib + b])]
+        xj = torch.cat([j.detach() for j in jets], dim=-1).requires_grad_(True)
 
         # 3. the pointwise Lagrangian, chunk by chunk
         d_x, d_xj = torch.zeros_like(x), torch.zeros_like(xj)
         d_w, d_pts, d_atoms = torch.zeros_like(w), torch.zeros_like(pts), torch.zeros_like(atoms)
+        d_params: list[Tensor | None] = [None] * len(plist)
+        value = x.new_zeros(())
         chunks = ps.point_chunks(chunk)
         for sl, groups in chunks:
             with torch.enable_grad():
@@ -1057,34 +1114,39 @@ class EGXC(XCFunctional):
                 g = ps.scatter_points(xj, cs, atoms, groups).reshape(-1, len(jets), nc)
                 r0, g0 = xs[0], g[:, 0]
                 e = self._pointwise(r0[None], g0[None])[0]
-                vx, vg = _grad_graph(e, (r0, g0))
-                ell = c0 * e + (vx * xs[1]).sum(0) + (vg * g[:, 1]).sum(-1)
-                if c2:
-                    dirs = (vx * xs[2]).sum(0) + (vg * g[:, 2]).sum(-1)
+                ell = c0 * e
+                if ip is not None or nb:  # e_z (kept for the next derivative)
+                    vx, vg = _grad_graph(e, (r0, g0))
+                if ip is not None:
+                    ell = ell + (vx * xs[ip]).sum(0) + (vg * g[:, 1]).sum(-1)
+                for b in range(nb):
+                    j = 1 + (ip is not None) + 3 * b  # jets of pair b: XA, XB, XAB
+                    dirs = (vx * xs[ia + b]).sum(0) + (vg * g[:, j]).sum(-1)
                     hx, hg = _grad_graph(dirs, (r0, g0))
-                    second = (hx * xs[2]).sum(0) + (hg * g[:, 2]).sum(-1) + (vg * g[:, 3]).sum(-1)
-                    ell = ell + c2 * second
-                got = grads_or_zeros((ws * ell).sum(), [xs, xj, ws, cs, atoms])
-            d_x[:, :, sl] += got[0]
-            d_xj += got[1]
-            d_w[sl] += got[2]
-            d_pts[sl] += got[3]
-            d_atoms += got[4]
+                    ell = ell + (hx * xs[ib + b]).sum(0) + (hg * g[:, j + 1]).sum(-1)
+                    ell = ell + (vg * g[:, j + 2]).sum(-1)
+                lag = (ws * ell).sum()
+                got = grads_or_zeros(lag, [xs, xj, ws, cs, atoms, *plist], none=True)
+            value += lag.detach()
+            _add(d_x[:, :, sl], got[0])
+            _add(d_xj, got[1])
+            _add(d_w[sl], got[2])
+            _add(d_pts[sl], got[3])
+            _add(d_atoms, got[4])
+            _accumulate(d_params, got[5:])
 
         # 4. through the atom network
         with torch.enable_grad():
-            cots = d_xj.split(nc, dim=-1)
-            inputs = [*hl, atoms] + ([] if zl is None else [zl])
-            wanted = [t for t in inputs if t.requires_grad]
-            got = iter(torch.autograd.grad(jets, wanted, cots, allow_unused=True))
-            back = [next(got) if t.requires_grad else None for t in inputs]
-        c_h = [torch.zeros_like(t) if b is None else b.detach() for b, t in zip(back, inputs)]
-        if back[3] is not None:
-            d_atoms += back[3].detach()
-        q = torch.stack(c_h[:3], dim=-1)  # (natm, K, 3): cotangents of H0, HP, HT
+            inputs = [*hl, atoms, *plist] + ([] if zl is None else [zl])
+            back = grads_or_zeros(jets, inputs, d_xj.split(nc, dim=-1), none=True)
+        c_h = [torch.zeros_like(t) if b is None else b for b, t in zip(back[:nk], hl, strict=True)]
+        _add(d_atoms, back[nk])
+        _accumulate(d_params, back[nk + 1 : nk + 1 + len(plist)])
+        q = torch.stack(c_h, dim=-1)  # (natm, K, nk): cotangents of the H's
         if zl is not None:  # Z_a = sum_g w_g B[g, a, k = 0]
             qz = torch.zeros(natm, ps.K, 1, dtype=q.dtype, device=q.device)
-            qz[:, 0, 0] = c_h[4]
+            if back[-1] is not None:
+                qz[:, 0, 0] = back[-1]
             q = torch.cat([q, qz], dim=-1)
 
         # 5. through the gather, chunk by chunk
@@ -1092,17 +1154,27 @@ class EGXC(XCFunctional):
             with torch.enable_grad():
                 ns = x[:, 0, sl].detach().requires_grad_(True)
                 ws, cs = leaf(w[sl], w), leaf(pts[sl], pts)
-                u = ps.scatter_points(q, cs, atoms, groups)  # (n, 3 or 4)
+                u = ps.scatter_points(q, cs, atoms, groups)  # (n, nk (+ 1))
                 ys = torch.where(mask[sl], ns * ws, torch.zeros_like(ns))
-                lag = (ys * u[:, :3].T).sum()
+                lag = (ys * u[:, :nk].T).sum()
                 if zl is not None:
-                    lag = lag + (ws * u[:, 3]).sum()
-                got = grads_or_zeros(lag, [ns, ws, cs, atoms])
-            d_x[:, 0, sl] += got[0]
-            d_w[sl] += got[1]
-            d_pts[sl] += got[2]
-            d_atoms += got[3]
-        return d_x, d_w, d_pts, d_atoms
+                    lag = lag + (ws * u[:, nk]).sum()
+                got = grads_or_zeros(lag, [ns, ws, cs, atoms], none=True)
+            _add(d_x[:, 0, sl], got[0])
+            _add(d_w[sl], got[1])
+            _add(d_pts[sl], got[2])
+            _add(d_atoms, got[3])
+        return Lagrangian(
+            value=value,
+            x0=d_x[0],
+            xp=None if ip is None else d_x[ip],
+            xa=d_x[ia:ib] if nb else None,
+            xb=d_x[ib:] if nb else None,
+            weights=d_w,
+            coords=d_pts,
+            atom_coords=d_atoms,
+            params=tuple(d_params) if params else None,
+        )
 
     def pair_stats(self, grid: Grid) -> dict[str, int]:
         """Neighbour-structure sizes of ``grid`` (see :meth:`PairStructure.stats`)."""

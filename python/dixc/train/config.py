@@ -135,9 +135,9 @@ class HessTerm:
     )  # fmt: skip
     n_probes: int | None = _f(4, "probes drawn per step from the stored ones (null: all)")
     probe_chunk: int | None = _f(
-        1, "nonlocal functionals: probes whose graphs the parameter backward rebuilds together "
-        "(null: all). Each adds its graph to the peak (EG-XC, 51 k points, 4 probes: 3.4 GB "
-        "per step at 1, 5.9 GB at null; same time)",
+        1, "nonlocal functionals on the whole-grid path: probes whose graphs the parameter "
+        "backward rebuilds together (null: all); each adds its graph to the peak. EG-XC on grids "
+        "above 4096 points takes all probes per chunk of points instead (dixc.xc.SEAM_MIN_POINTS)",
     )  # fmt: skip
 
 
