@@ -417,7 +417,7 @@ class PairStructure:
         out = t.new_zeros(coords.shape[0], t.shape[-1])
         for atom, idx in groups:
             basis = self.basis_of(coords.index_select(0, idx) - atom_coords[atom])
-            out = out.index_add(0, idx, basis @ t[atom])
+            out = out.index_add(0, idx, basis.to(t.dtype) @ t[atom])
         return out
 
     def stats(self) -> dict[str, int]:
