@@ -390,3 +390,29 @@ def test_fxc_saved_memory_is_bounded():
     plain = _graph_saved_bytes([_direct_fxc(f, rho.clone().requires_grad_(True), rho1, grid)])
     assert 0 < rec <= bound
     assert plain > 20 * rho.numel() * 8 + bound
+
+
+@pytest.mark.gpu
+def test_nonlocal_seams_on_cuda_equal_cpu(monkeypatch):
+    """EG-XC's chunked backward (``EGXC.lagrangian``) of both Functions on CUDA: the gradients
+    w.r.t. rho0, rho1 and every parameter equal the CPU's to 1e-11 relative."""
+    import copy
+
+    monkeypatch.setattr(xc, "SEAM_MIN_POINTS", 0)
+    f = _egxc()
+    rho, grid = toy_molecule(npts=40)
+    rho1 = _responses(rho, 3)
+    u = torch.randn(rho1.shape, generator=torch.Generator().manual_seed(7), dtype=rho.dtype)
+    results = []
+    for dev in ("cpu", "cuda"):
+        fd = copy.deepcopy(f).to(dev)
+        params = [p for p in fd.parameters() if p.requires_grad]
+        gd = grid.to(dev)
+        a0 = rho.to(dev).requires_grad_(True)
+        a1 = rho1.to(dev).requires_grad_(True)
+        exc, wv, w1 = xc._FxcRecompute.apply(fd, gd, 1, a0, a1, *params)
+        e2, v2 = xc._XCRecompute.apply(fd, gd, a0, *params)
+        scalar = exc + (u[0].to(dev) * wv).sum() + (u.to(dev) * w1).sum() + e2 + (v2 * a0).sum()
+        results.append([g.cpu() for g in torch.autograd.grad(scalar, [a0, a1, *params])])
+    for c, g in zip(*results, strict=True):
+        assert (g - c).abs().max() <= 1e-11 * c.abs().max().clamp(min=1e-300)
