@@ -489,6 +489,30 @@ def test_chunked_lagrangian_equals_whole_grid(readout):
         assert only.xp is None and only.xa is None and only.params is None
 
 
+def test_chunked_lagrangian_with_a_chunk_beyond_every_cutoff():
+    """Points farther than the cutoff from every atom (radial grids reach far out) can fill whole
+    chunks: their decoded features are 0 (no pair, no graph to the atom operand) and the
+    Lagrangian and its gradients still equal the whole grid's (1e-10, measured 7e-16)."""
+    torch.manual_seed(22)
+    f = perturbed(F.create("egxc", **EGXC_SMALL), scale=0.2)
+    rho, grid = toy_molecule(npts=40)
+    far = torch.randn(30, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    far = 12.0 * far / far.norm(dim=1, keepdim=True)  # 12 Bohr out, all atoms within 2 Bohr
+    rho_far = torch.tensor([1e-3, 1e-4, -1e-4, 2e-4, 1e-3], dtype=torch.float64)[:, None]
+    x0 = torch.cat([rho, rho_far.expand(5, 30)], dim=1)
+    g = Grid(torch.cat([grid.coords, far]).requires_grad_(True),
+             torch.cat([grid.weights, torch.full((30,), 0.5, dtype=torch.float64)]),
+             grid.atom_coords.clone().requires_grad_(True), grid.atom_charges)  # fmt: skip
+    chunks = f._pairs(g).point_chunks(30)
+    assert not chunks[-1][1]  # the last chunk has no pair
+    xp, xa, xb = 0.1 * x0, 0.2 * x0[None], -0.3 * x0[None]
+    got = f.lagrangian(x0, g, 1.0, xp, xa, xb, chunk=30)
+    value, ref, _ = _whole_grid_lagrangian(f, x0, g, 1.0, xp, xa, xb)
+    assert abs(float(got.value - value)) <= 1e-12 * abs(float(value))
+    for name, b in zip(("x0", "xp", "xa", "xb", "weights", "coords", "atom_coords"), ref):
+        assert rel(getattr(got, name), b) < 1e-10, name
+
+
 def test_chunked_lagrangian_float32_parameters():
     """A float32 EG-XC (float64 features and grid): the chunked Lagrangian's gradients equal the
     whole-grid float32 autograd's to 1e-5 relative (measured 8e-6 for the parameters, 5e-6 for

@@ -1111,7 +1111,10 @@ class EGXC(XCFunctional):
             with torch.enable_grad():
                 xs = x[:, :, sl].detach().requires_grad_(True)
                 ws, cs = leaf(w[sl], w), leaf(pts[sl], pts)
-                g = ps.scatter_points(xj, cs, atoms, groups).reshape(-1, len(jets), nc)
+                g = ps.scatter_points(xj, cs, atoms, groups)
+                if not g.requires_grad:  # no atom within the cutoff of these points: g = 0
+                    g.requires_grad_(True)
+                g = g.reshape(-1, len(jets), nc)
                 r0, g0 = xs[0], g[:, 0]
                 e = self._pointwise(r0[None], g0[None])[0]
                 ell = c0 * e
