@@ -509,7 +509,8 @@ def test_chunked_lagrangian_with_a_chunk_beyond_every_cutoff():
     got = f.lagrangian(x0, g, 1.0, xp, xa, xb, chunk=30)
     value, ref, _ = _whole_grid_lagrangian(f, x0, g, 1.0, xp, xa, xb)
     assert abs(float(got.value - value)) <= 1e-12 * abs(float(value))
-    for name, b in zip(("x0", "xp", "xa", "xb", "weights", "coords", "atom_coords"), ref):
+    names = ("x0", "xp", "xa", "xb", "weights", "coords", "atom_coords")
+    for name, b in zip(names, ref, strict=True):
         assert rel(getattr(got, name), b) < 1e-10, name
 
 
