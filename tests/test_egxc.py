@@ -556,6 +556,12 @@ def test_clear_errors():
                   + 50.0]), torch.tensor([8, 1, 1, 1]))  # fmt: skip
     with pytest.raises(ValueError, match="no grid point"):
         F.create("egxc")(rho, lonely)
+    with pytest.raises(ValueError, match="xa and xb come together"):
+        f.lagrangian(rho, grid, 1.0, None, rho[None])
+    with pytest.raises(ValueError, match="one batch"):
+        f.lagrangian(rho, grid, 1.0, None, rho[None], torch.stack([rho, rho]))
+    with pytest.raises(ValueError, match="grid points"):
+        f.lagrangian(rho[:, :-1], grid)
 
 
 def test_envelope_is_c2_at_the_cutoff():
