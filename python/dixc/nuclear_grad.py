@@ -462,7 +462,8 @@ def excited_grid_response(
     Args:
         mol: the built ``pyscf.gto.Mole``.
         grids: the PySCF ``Grids`` of the SCF and response (unpruned by density).
-        functional: any dixc functional (float64); a nonlocal one on the whole grid at once.
+        functional: any dixc functional (float64); EG-XC by point chunks (its ``lagrangian``),
+            another nonlocal one on the whole grid at once.
         dm0: ``(nao, nao)`` ground-state density matrix (2 C_occ C_occ^T).
         dm_relaxed: ``(nao, nao)`` relaxed difference density (PySCF's ``dmz1doo``; symmetrised).
         dm_transition: ``(nao, nao)`` transition density (PySCF's ``dmxpy``; symmetrised).
