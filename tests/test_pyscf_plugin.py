@@ -543,8 +543,8 @@ def test_tddft_nuclear_gradient_of_nonlocal_pbe_equals_local():
 def test_tddft_nuclear_gradient_of_egxc_equals_finite_differences():
     """EG-XC (nonlocal; parameters off their initialisation, so its embedding, atom graph,
     decoding and readout depend on the nuclear positions) through the drop-in, with the grid
-    response (which carries its explicit terms; d^3 E / d rho^2 dR through EG-XC's pair maps in
-    plain autograd, ``egxc.any_order_geometry``): the analytic TDA and TDDFT gradients of
+    response (which carries its explicit terms; d^3 E / d rho^2 dR by ``EGXC.lagrangian``, point
+    chunk by point chunk): the analytic TDA and TDDFT gradients of
     E_SCF + omega_1, projected on a random unit direction, equal the Richardson-extrapolated
     central difference (steps 2e-3, 1e-3 Bohr, grids rebuilt at every geometry) to 1e-7
     relative to max |g| (measured 2.3e-9). Water in STO-3G on grid level 1 (omega from the exact

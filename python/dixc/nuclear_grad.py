@@ -415,10 +415,8 @@ def _lagrangian_derivatives(
         r = chunked(x0, grid, 1.0, xp, xt[None], 4.0 * xt[None])  # 4 d^2E[xT, xT] = d^2E[xT, 4 xT]
         return (torch.stack([r.x0, r.xp, r.xa[0] + 4.0 * r.xb[0]]), r.weights, r.coords,
                 r.atom_coords)  # fmt: skip
-    from dixc.functionals.egxc import any_order_geometry
-
     r = x0.detach().requires_grad_(True)
-    with torch.enable_grad(), any_order_geometry():  # d^3 E / d rho^2 dR: EG-XC's pair maps
+    with torch.enable_grad():
         e = _finite_energy(functional, r, grid, "excited-state gradient")
         v = _autograd(e, r, True)
         h = _autograd((v * xt).sum(), r, True)

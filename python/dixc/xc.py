@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from dixc.context import MolContext
-from dixc.functionals.base import XCFunctional
+from dixc.functionals.base import XCFunctional, accumulate_grads
 
 
 def _check_finite(value: torch.Tensor, what: str, ctx: MolContext) -> None:
@@ -126,7 +126,7 @@ class _LocalXCRecompute(torch.autograd.Function):
                 grads = torch.autograd.grad(s, [r, *params], allow_unused=True, create_graph=create)
             if need_rho:
                 grho.append(grads[0])
-            _accumulate(gparams, range(len(params)), grads[1:])
+            accumulate_grads(gparams, range(len(params)), grads[1:])
         return (None, None, None, torch.cat(grho, dim=-1) if need_rho else None, *gparams)
 
 
@@ -173,7 +173,7 @@ class _XCRecompute(torch.autograd.Function):
             if _seamed(ctx.functional, ctx.grid) and not create:
                 res = ctx.functional.lagrangian(rho[b], ctx.grid, gexc[b], gwv[b], params=True)
                 grho.append(res.x0)
-                _accumulate(gparams, range(len(params)), res.params)
+                accumulate_grads(gparams, range(len(params)), res.params)
                 continue
             with torch.enable_grad():
                 r = rho[b]
@@ -184,7 +184,7 @@ class _XCRecompute(torch.autograd.Function):
                 s = (gexc[b] * exc).sum() + (gwv[b] * wv).sum()
                 grads = torch.autograd.grad(s, [r, *params], allow_unused=True, create_graph=create)
             grho.append(grads[0])
-            _accumulate(gparams, range(len(params)), grads[1:])
+            accumulate_grads(gparams, range(len(params)), grads[1:])
         grho_all = None
         if ctx.needs_input_grad[2]:
             grho_all = torch.stack(grho) if rho.dim() == 3 else grho[0]
@@ -294,17 +294,10 @@ class _FxcRecompute(torch.autograd.Function):
                     torch.stack(terms).sum(), inputs, allow_unused=True, create_graph=create,
                     retain_graph=create or not last,
                 )  # fmt: skip
-                _accumulate(grads, order, out)
+                accumulate_grads(grads, order, out)
         g0 = grads[0] if need0 else None
         g1 = grads[1] if need1 else None
         return (None, None, None, g0, g1, *grads[2:])
-
-
-def _accumulate(acc: list, slots, grads) -> None:
-    """``acc[slot] += grad`` for each (slot, grad) pair; ``None`` grads skipped, empty slots set."""
-    for k, g in zip(slots, grads, strict=True):
-        if g is not None:
-            acc[k] = g if acc[k] is None else acc[k] + g
 
 
 def _check_same_params(ctx) -> None:

@@ -48,6 +48,13 @@ def grads_or_zeros(
     return tuple(out)
 
 
+def accumulate_grads(acc: list, slots, grads) -> None:
+    """``acc[slot] += grad`` for each (slot, grad) pair; None grads skipped, empty slots set."""
+    for k, g in zip(slots, grads, strict=True):
+        if g is not None:
+            acc[k] = g if acc[k] is None else acc[k] + g
+
+
 class XCFunctional(torch.nn.Module):
     """Base class: subclasses set ``xctype`` (and ``is_local``) and implement ``energy_density``."""
 

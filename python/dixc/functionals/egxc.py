@@ -123,7 +123,12 @@ import torch
 from torch import Tensor
 
 from dixc.functionals import create, register
-from dixc.functionals.base import XCFunctional, check_features, grads_or_zeros
+from dixc.functionals.base import (
+    XCFunctional,
+    accumulate_grads,
+    check_features,
+    grads_or_zeros,
+)
 from dixc.functionals.classical import (
     B88Exchange,
     Mix,
@@ -385,11 +390,11 @@ class PairStructure:
         hit = self._chunks.get(chunk)
         if hit is not None:
             return hit
-        dev = self.coords.device
-        g = torch.cat([idx for _, idx in self.blocks]) if self.blocks else torch.zeros(
-            0, dtype=torch.long, device=dev)  # fmt: skip
-        at = torch.cat([torch.full_like(idx, atom) for atom, idx in self.blocks]) if self.blocks \
-            else torch.zeros(0, dtype=torch.long, device=dev)  # fmt: skip
+        if self.blocks:
+            g = torch.cat([idx for _, idx in self.blocks])
+            at = torch.cat([torch.full_like(idx, atom) for atom, idx in self.blocks])
+        else:
+            g = at = torch.zeros(0, dtype=torch.long, device=self.coords.device)
         key = (g // chunk) * self.natm + at  # (chunk, atom) of each pair
         order = torch.argsort(key * max(self.ngrid, 1) + g)
         g, key = g[order], key[order]
@@ -497,10 +502,11 @@ _ANY_ORDER = [False]  # geometry derivatives through plain autograd (see any_ord
 @contextlib.contextmanager
 def any_order_geometry():
     """Within it, E_xc on a moving grid (coordinates, weights or nuclear positions requiring
-    grad) is differentiable to any order, mixed derivatives in rho and geometry included (the
-    excited-state gradients need d^3 E / d rho^2 dR): the pair maps are built from the pair basis
-    of r_g - R_a in plain autograd, block by block, keeping every block's graph (memory ~ pairs x
-    K x a few numbers) instead of the first-order :class:`_PairMapGeometric`."""
+    grad) is differentiable to any order, mixed derivatives in rho and geometry included: the
+    pair maps are built from the pair basis of r_g - R_a in plain autograd, block by block,
+    keeping every block's graph (memory ~ pairs x K x a few numbers) instead of the first-order
+    :class:`_PairMapGeometric`. Whole-grid plain autograd: the reference that
+    :meth:`EGXC.lagrangian` (what dixc itself uses for d^3 E / d rho^2 dR) is tested against."""
     old = _ANY_ORDER[0]
     _ANY_ORDER[0] = True
     try:
@@ -658,13 +664,6 @@ def _add(acc: Tensor, g: Tensor | None) -> None:
         acc += g
 
 
-def _accumulate(acc: list, grads) -> None:
-    """``acc[i] += grads[i]`` (None grads skipped, empty slots set)."""
-    for i, g in enumerate(grads):
-        if g is not None:
-            acc[i] = g if acc[i] is None else acc[i] + g
-
-
 class Lagrangian(NamedTuple):
     """Value and gradients of :meth:`EGXC.lagrangian` (shapes of the inputs)."""
 
@@ -680,9 +679,12 @@ class Lagrangian(NamedTuple):
 
 
 def _grad_graph(y: Tensor, xs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """d(sum y)/dx for each x, keeping the graph (zeros where y does not depend on x)."""
-    got = torch.autograd.grad(y.sum(), xs, create_graph=True, allow_unused=True)
-    return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(got, xs, strict=True))
+    """d(sum y)/dx for each x, keeping the graph (zeros where y does not depend on x, e.g. an x
+    that is a constant: the decoded features of points beyond every atom's cutoff)."""
+    wanted = [x for x in xs if x.requires_grad]
+    got = iter(torch.autograd.grad(y.sum(), wanted, create_graph=True, allow_unused=True))
+    out = [next(got) if x.requires_grad else None for x in xs]
+    return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(out, xs, strict=True))
 
 
 # --------------------------------------------------------------------------- networks
@@ -1111,10 +1113,7 @@ class EGXC(XCFunctional):
             with torch.enable_grad():
                 xs = x[:, :, sl].detach().requires_grad_(True)
                 ws, cs = leaf(w[sl], w), leaf(pts[sl], pts)
-                g = ps.scatter_points(xj, cs, atoms, groups)
-                if not g.requires_grad:  # no atom within the cutoff of these points: g = 0
-                    g.requires_grad_(True)
-                g = g.reshape(-1, len(jets), nc)
+                g = ps.scatter_points(xj, cs, atoms, groups).reshape(-1, len(jets), nc)
                 r0, g0 = xs[0], g[:, 0]
                 e = self._pointwise(r0[None], g0[None])[0]
                 ell = c0 * e
@@ -1136,7 +1135,7 @@ class EGXC(XCFunctional):
             _add(d_w[sl], got[2])
             _add(d_pts[sl], got[3])
             _add(d_atoms, got[4])
-            _accumulate(d_params, got[5:])
+            accumulate_grads(d_params, range(len(plist)), got[5:])
 
         # 4. through the atom network
         with torch.enable_grad():
@@ -1144,7 +1143,7 @@ class EGXC(XCFunctional):
             back = grads_or_zeros(jets, inputs, d_xj.split(nc, dim=-1), none=True)
         c_h = [torch.zeros_like(t) if b is None else b for b, t in zip(back[:nk], hl, strict=True)]
         _add(d_atoms, back[nk])
-        _accumulate(d_params, back[nk + 1 : nk + 1 + len(plist)])
+        accumulate_grads(d_params, range(len(plist)), back[nk + 1 : nk + 1 + len(plist)])
         q = torch.stack(c_h, dim=-1)  # (natm, K, nk): cotangents of the H's
         if zl is not None:  # Z_a = sum_g w_g B[g, a, k = 0]
             qz = torch.zeros(natm, ps.K, 1, dtype=q.dtype, device=q.device)
