@@ -53,4 +53,13 @@ TORCH_LIBRARY(dixc, m) {
   m.def(
       "contract_vxc_fused(Tensor coords, Tensor bas, Tensor bas_coord, Tensor prim, Tensor c2s, "
       "Tensor rcut, Tensor wv, str xctype, int nao, bool cart) -> Tensor");
+  // Becke's partition of space (grid weights = atom-grid volume x cell fraction): coords
+  // (ngrid, 3), owner int64 (ngrid,) the atom each point belongs to, atom_coords (natm, 3),
+  // adjust (natm, natm) antisymmetric size adjustment a_ij, scheme 0 (Becke) or 1 (Stratmann).
+  m.def(
+      "becke_partition(Tensor coords, Tensor owner, Tensor atom_coords, Tensor adjust, "
+      "int scheme) -> Tensor");
+  m.def(
+      "becke_partition_backward(Tensor grad, Tensor coords, Tensor owner, Tensor atom_coords, "
+      "Tensor adjust, int scheme) -> (Tensor, Tensor)");
 }

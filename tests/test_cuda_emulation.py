@@ -16,6 +16,7 @@ import os
 import sys
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -304,3 +305,38 @@ def test_validation_messages_match_the_cpu_ops(emu):
             getattr(ops, name)(*args)
         with pytest.raises(RuntimeError, match=msg):
             getattr(emu, name)(*args, *((64, 0) if tuned else ()))
+
+
+@pytest.mark.parametrize("scheme", [0, 1])
+def test_becke_partition(emu, scheme):
+    """becke_cuda.cu's per-point bodies (ordered atom pairs, no per-thread arrays; padding
+    lanes of the last block adding zeros) = the CPU kernel (unordered pairs with scratch arrays):
+    ethanol's level-1 points, 1000 of them (four blocks of 256, the last partial) with Treutler's
+    size adjustment, 1e-14 absolute for the fractions and 1e-13 relative for both gradients; the
+    CPU kernel's validation messages."""
+    from pyscf.dft import gen_grid, radi
+
+    mol = mole("ethanol", "def2-svp")
+    g = gen_grid.Grids(mol)
+    tab = g.gen_atomic_grids(mol, g.atom_grid, g.radi_method, 1, g.prune)
+    R = mol.atom_coords()
+    coords = np.concatenate([tab[mol.atom_symbol(a)][0] + R[a] for a in range(mol.natm)])
+    owner = np.concatenate([[a] * len(tab[mol.atom_symbol(a)][0]) for a in range(mol.natm)])
+    keep = np.sort(np.random.default_rng(2).choice(len(owner), 1000, replace=False))
+    rad = np.sqrt(np.asarray(radi.BRAGG_RADII)[mol.atom_charges()])
+    rr = rad[:, None] / rad[None]
+    adjust = torch.as_tensor(np.clip(0.25 * (rr.T - rr), -0.5, 0.5))
+    args = (torch.as_tensor(coords[keep]), torch.as_tensor(owner[keep]), torch.as_tensor(R))
+    f = emu.becke_partition(*args, adjust, scheme)
+    assert float((f - ops.becke_partition(*args, adjust, scheme)).abs().max()) < 1e-14
+    u = torch.randn(1000, dtype=torch.float64)
+    grads = emu.becke_partition_backward(u, *args, adjust, scheme)
+    grads_cpu = ops.becke_partition_backward(u, *args, adjust, scheme)
+    for a, b in zip(grads, grads_cpu, strict=True):
+        assert rel_err(a, b) < 1e-13
+    with pytest.raises(
+        RuntimeError, match=r"owner holds atom indices in \[9, 9\] but there are 9 atoms"
+    ):
+        emu.becke_partition(args[0], torch.full((1000,), 9), args[2], adjust, scheme)
+    with pytest.raises(RuntimeError, match=r"grad must be \(ngrid,\) = \(1000,\)"):
+        emu.becke_partition_backward(u[:10], *args, adjust, scheme)

@@ -139,7 +139,7 @@ def test_xc_gradient_terms_equal_pyscf_pointwise_path(name, monkeypatch):
     """dixc's XC gradient terms (whole-grid autograd, eval_ao to second order, one contraction
     per block) equal PySCF's own get_vxc / get_vxc_full_response fed pointwise by the same local
     functional (eval_xc_eff), LDA, GGA and a learned meta-GGA: 1e-11 (measured ~1e-14). Small
-    blocks (of AOs and of Becke-weight points) change nothing (MGGA case)."""
+    AO blocks change nothing (MGGA case)."""
     from pyscf.grad import rks as rks_grad
 
     from dixc import nuclear_grad
@@ -167,12 +167,12 @@ def test_xc_gradient_terms_equal_pyscf_pointwise_path(name, monkeypatch):
 @pytest.mark.parametrize("scheme", ["becke", "stratmann"])
 @pytest.mark.parametrize("radii", ["treutler", "becke", "none"])
 def test_becke_partition_equals_pyscf_grid_response(scheme, radii):
-    """dixc.nuclear_grad.BeckePartition (Torch) gives the points and weights of PySCF's
-    ``grids_response_cc`` (ethanol, three elements; both Becke schemes PySCF's grid response
-    supports, each radii adjustment) to 1e-14 relative, and its vector-Jacobian product
-    sum_g u_g dw_g/dR equals the contraction of PySCF's explicit weight derivatives with random
-    u_g to 1e-12 relative (measured <= 4e-15), in several chunks of points per atom. One atom:
-    the weights are the atom grid's, their derivative 0. An unsupported scheme is refused."""
+    """dixc.nuclear_grad.BeckePartition (dixc's becke_partition kernels) gives the points and
+    weights of PySCF's ``grids_response_cc`` (ethanol, three elements; both Becke schemes PySCF's
+    grid response supports, each radii adjustment) to 1e-14 relative, and its vector-Jacobian
+    product sum_g u_g dw_g/dR equals the contraction of PySCF's explicit weight derivatives with
+    random u_g to 1e-12 relative (measured <= 4e-15). One atom: the weights are the atom
+    grid's, their derivative 0. An unsupported scheme is refused."""
     from pyscf.dft import gen_grid, radi
     from pyscf.grad import rks as rks_grad
 
@@ -192,7 +192,6 @@ def test_becke_partition_equals_pyscf_grid_response(scheme, radii):
         vjp_ref += np.einsum("g,axg->ax", u[start : start + len(w)], w1)
         start += len(w)
     becke = BeckePartition(mol, grids)
-    becke.chunk = 1000  # several chunks per atom
     coords, owner = becke.points()
     assert np.abs(coords.numpy() - np.concatenate([c for c, _, _ in parts])).max() < 1e-14
     assert owner.tolist() == [a for a, (_, w, _) in enumerate(parts) for _ in range(len(w))]

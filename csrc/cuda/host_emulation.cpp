@@ -5,14 +5,18 @@
 // The ops `dixc_emu::*` run the CUDA path's host code (numint_driver.h: validation, screening
 // plan, blocking, GEMM shapes and strides) on CPU tensors, with HostLaunch running the kernels'
 // per-thread bodies (numint_kernels.h, including eval_shell_point of common/ao_point.h) in loops
-// over the thread indices the CUDA grid would have. What this cannot check is CUDA-only: launch
-// configurations, shared memory and synchronisation in eval_rho_kernel, and device placement.
+// over the thread indices the CUDA grid would have; becke_partition's per-point bodies
+// (common/becke_point.h) likewise. What this cannot check is CUDA-only: launch
+// configurations, shared memory and synchronisation in eval_rho_kernel, the warp shuffles of
+// becke_backward_kernel, and device placement.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <string>
+#include <tuple>
 
+#include "common/becke.h"
 #include "cuda/numint_driver.h"
 #include "cuda/numint_kernels.h"
 
@@ -116,6 +120,66 @@ at::Tensor emu_contract_vxc_fused(const at::Tensor& coords, const at::Tensor& ba
                                              tuning(block, scratch));
 }
 
+// becke_partition as becke_cuda.cu's kernels compute it: one thread per point over ordered pairs
+// (common/becke_point.h), threads padded to whole blocks of 256 (padding lanes run the last point
+// with grad 0), the nuclei's gradient accumulated per block and the blocks added in order.
+at::Tensor emu_becke_partition(const at::Tensor& coords, const at::Tensor& owner,
+                               const at::Tensor& atom_coords, const at::Tensor& adjust,
+                               int64_t scheme) {
+  const BeckeInputs in =
+      becke_inputs(coords, owner, atom_coords, adjust, scheme, "dixc.becke_partition");
+  at::Tensor out = at::empty({in.ngrid}, in.coords.options());
+  const BeckeAtoms a = in.view();
+  const double* r = in.coords.data_ptr<double>();
+  const int64_t* own = in.owner.data_ptr<int64_t>();
+  double* f = out.data_ptr<double>();
+  at::parallel_for(0, in.ngrid, 64, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) f[g] = becke_fraction_point(a, r + 3 * g, own[g]);
+  });
+  return out.to(coords.scalar_type());
+}
+
+struct HostAccumulator {
+  double* acc;
+  void add(int64_t k, double x, double y, double z) {
+    acc[3 * k] += x;
+    acc[3 * k + 1] += y;
+    acc[3 * k + 2] += z;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> emu_becke_partition_backward(
+    const at::Tensor& grad, const at::Tensor& coords, const at::Tensor& owner,
+    const at::Tensor& atom_coords, const at::Tensor& adjust, int64_t scheme) {
+  const char* op = "dixc.becke_partition_backward";
+  const BeckeInputs in = becke_inputs(coords, owner, atom_coords, adjust, scheme, op);
+  constexpr int64_t kThreads = 256;
+  const int64_t nblk = (in.ngrid + kThreads - 1) / kThreads, n = in.ngrid;
+  const at::Tensor gc = becke_grad(grad, coords, in, op);
+  at::Tensor gr = at::zeros({n, 3}, in.coords.options());
+  at::Tensor blocks = at::zeros({nblk, in.natm, 3}, in.coords.options());
+  const BeckeAtoms a = in.view();
+  const double* r = in.coords.data_ptr<double>();
+  const double* gg = gc.data_ptr<double>();
+  const int64_t* own = in.owner.data_ptr<int64_t>();
+  double* pr = gr.data_ptr<double>();
+  double* pb = blocks.data_ptr<double>();
+  at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      HostAccumulator acc{pb + b * in.natm * 3};
+      for (int64_t t = 0; t < kThreads; ++t) {
+        const int64_t g = b * kThreads + t, c = g < n ? g : n - 1;
+        double out[3] = {0.0, 0.0, 0.0};
+        becke_backward_point(a, r + 3 * c, own[c], g < n ? gg[c] : 0.0, out, acc);
+        if (g < n)
+          for (int x = 0; x < 3; ++x) pr[3 * g + x] = out[x];
+      }
+    }
+  });
+  const at::ScalarType dt = coords.scalar_type();
+  return {gr.to(dt), blocks.sum(0).to(dt)};
+}
+
 // The block-size rule of the CUDA ops, for tests of its edge cases.
 int64_t emu_block_points(int64_t requested, int64_t per_point, int64_t cap) {
   return block_points(requested, per_point, cap);
@@ -138,6 +202,12 @@ TORCH_LIBRARY(dixc_emu, m) {
       "contract_vxc_fused(Tensor coords, Tensor bas, Tensor bas_coord, Tensor prim, Tensor c2s, "
       "Tensor rcut, Tensor wv, str xctype, int nao, bool cart, int block, int scratch) -> Tensor");
   m.def("block_points(int requested, int per_point, int cap) -> int", &dixc::gpu::emu_block_points);
+  m.def(
+      "becke_partition(Tensor coords, Tensor owner, Tensor atom_coords, Tensor adjust, "
+      "int scheme) -> Tensor");
+  m.def(
+      "becke_partition_backward(Tensor grad, Tensor coords, Tensor owner, Tensor atom_coords, "
+      "Tensor adjust, int scheme) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(dixc_emu, CPU, m) {
@@ -146,4 +216,6 @@ TORCH_LIBRARY_IMPL(dixc_emu, CPU, m) {
   m.impl("contract_vxc", &dixc::gpu::emu_contract_vxc);
   m.impl("eval_rho_fused", &dixc::gpu::emu_eval_rho_fused);
   m.impl("contract_vxc_fused", &dixc::gpu::emu_contract_vxc_fused);
+  m.impl("becke_partition", &dixc::gpu::emu_becke_partition);
+  m.impl("becke_partition_backward", &dixc::gpu::emu_becke_partition_backward);
 }

@@ -113,50 +113,15 @@ def _blocks(
     return [(a, slice(i, min(i + step, e))) for a, s, e in segments for i in range(s, e, step)]
 
 
-class _BeckeSmoothing(torch.autograd.Function):
-    """p(nu) of Becke's cell function and its derivative in one pass (first order only).
-
-    Original Becke: p = f(f(f(nu))), f(x) = (3 - x^2) x / 2, dp/dnu = (27/8) prod_k (1 - x_k^2)
-    over the three inputs x_k of f; Stratmann (a = 0.64): p = (35 m - 35 m^3 + 21 m^5 - 5 m^7)/16,
-    m = nu / a, dp/dnu = (35 / 16 a) (1 - m^2)^3, and p = sign(nu), dp/dnu = 0 for |nu| >= a.
-    A fused backward (one product) instead of autograd through the ~12 operations.
-    """
-
-    @staticmethod
-    def forward(ctx, nu, stratmann):
-        if stratmann:
-            m = nu / 0.64
-            m2 = m * m
-            p = m * (35.0 + m2 * (-35.0 + m2 * (21.0 - 5.0 * m2))) / 16.0
-            dp = (35.0 / 16.0 / 0.64) * (1.0 - m2) ** 3
-            inside = nu.abs() < 0.64
-            p = torch.where(inside, p, torch.sign(nu))
-            dp = torch.where(inside, dp, 0.0)
-        else:
-            x1 = (3.0 - nu * nu) * nu * 0.5
-            x2 = (3.0 - x1 * x1) * x1 * 0.5
-            p = (3.0 - x2 * x2) * x2 * 0.5
-            dp = (27.0 / 8.0) * (1.0 - nu * nu) * (1.0 - x1 * x1) * (1.0 - x2 * x2)
-        ctx.save_for_backward(dp)
-        return p
-
-    @staticmethod
-    def backward(ctx, grad):
-        (dp,) = ctx.saved_tensors
-        return grad * dp, None
-
-
 class BeckePartition:
     """PySCF's grid-response quadrature as a differentiable function of the nuclear positions.
 
     The points and weights PySCF's ``grids_response_cc`` yields, atom by atom (atom A's grid
-    moves with A): r_g = c_g + R_A and w_g = vol_g P_A(r_g) / sum_i P_i(r_g), with Becke's cell
-    functions P_i(r) = prod_{j != i} s(nu_ij(r)), nu_ij = mu_ij + a_ij (1 - mu_ij^2),
-    mu_ij = (|r - R_i| - |r - R_j|) / |R_i - R_j|, a_ij the Treutler/Becke size adjustment and
-    s(nu) = (1 - p(nu) + 1e-200) / 2 with p = f(f(f(nu))), f(x) = (3 - x^2) x / 2 (Becke's
-    original scheme) or Stratmann's polynomial (the two schemes PySCF's grid response supports).
-    Written in Torch, the weight term of the gradient, sum_g (dE/dw_g) (dw_g/dR), is one
-    vector-Jacobian product (:meth:`weight_vjp`), on the functional's device, instead of PySCF's
+    moves with A): r_g = c_g + R_A and w_g = vol_g f_g, f_g = P_A(r_g) / sum_i P_i(r_g), Becke's
+    cell functions in either scheme PySCF's grid response supports and every radii adjustment
+    (:func:`dixc.ops.becke_partition`: one pass over the atom pairs per point in dixc's kernel,
+    CPU or CUDA). The weight term of the gradient, sum_g (dE/dw_g) (dw_g/dR), is one
+    vector-Jacobian product (:meth:`weight_vjp`) on the functional's device, instead of PySCF's
     explicit derivatives (natm, 3, ngrid) per atom.
 
     Args:
@@ -173,16 +138,15 @@ class BeckePartition:
                 f"dixc: grid response for becke_scheme {grids.becke_scheme.__name__} is not "
                 "implemented (PySCF's neither): use original_becke or stratmann"
             )
-        self.stratmann = grids.becke_scheme is gen_grid.stratmann
+        self.scheme = "stratmann" if grids.becke_scheme is gen_grid.stratmann else "becke"
         dev = torch.device(device)
         tab = grids.gen_atomic_grids(mol, grids.atom_grid, grids.radi_method, grids.level,
                                      grids.prune)  # fmt: skip
         t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64).to(dev)  # noqa: E731
         self.offsets = [t(tab[mol.atom_symbol(i)][0]) for i in range(mol.natm)]
-        self.vol = [t(tab[mol.atom_symbol(i)][1]) for i in range(mol.natm)]
+        self.vol = torch.cat([t(tab[mol.atom_symbol(i)][1]) for i in range(mol.natm)])
         self.atom_coords = t(mol.atom_coords())
-        natm = mol.natm
-        adjust = None
+        adjust = np.zeros((mol.natm, mol.natm))
         if grids.radii_adjust in (radi.treutler_atomic_radii_adjust,
                                   radi.becke_atomic_radii_adjust):  # fmt: skip
             rad = np.asarray(grids.atomic_radii)[mol.atom_charges()]
@@ -191,11 +155,7 @@ class BeckePartition:
             rad = rad + 1e-200
             rr = rad.reshape(-1, 1) * (1.0 / rad)
             adjust = np.clip(0.25 * (rr.T - rr), -0.5, 0.5)  # a_ij (other adjustments: none)
-        iu, ju = np.triu_indices(natm, 1)
-        self.pairs = (torch.as_tensor(iu).to(dev), torch.as_tensor(ju).to(dev))
-        self.adjust = None if adjust is None else t(adjust[iu, ju])
-        # points per chunk: ~12 float64 arrays of (points, natm, natm) within _AO_BLOCK_MB
-        self.chunk = max(64, int(_AO_BLOCK_MB * 2**20 / (12 * 8 * max(natm * natm, 1))))
+        self.adjust = t(adjust)
 
     def points(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Coordinates ``(ngrid, 3)`` and owning atom ``(ngrid,)`` of the points, atom by atom."""
@@ -204,59 +164,21 @@ class BeckePartition:
                            for a, c in enumerate(self.offsets)])  # fmt: skip
         return coords, owner
 
-    def _weights(self, atom: int, sl: slice, atom_coords: torch.Tensor) -> torch.Tensor:
-        # w_g = vol_g P_A / sum_i P_i, P_i = prod_{j != i} s_ij, s_ji = 1 - s_ij (+1e-200)
-        r = self.offsets[atom][sl] + atom_coords[atom]
-        dist = torch.linalg.norm(r[:, None, :] - atom_coords[None], dim=-1)  # (n, natm)
-        iu, ju = self.pairs
-        natm = atom_coords.shape[0]
-        p = self.vol[atom][sl]
-        if natm == 1:
-            return p.clone()
-        rij = torch.linalg.norm(atom_coords[iu] - atom_coords[ju], dim=-1)
-        g = (dist[:, iu] - dist[:, ju]) / rij
-        if self.adjust is not None:
-            g = g + self.adjust * (1.0 - g * g)
-        h = _BeckeSmoothing.apply(g, self.stratmann)
-        # P_i = prod_{j > i} s_ij prod_{j < i} s_ji as sign * exp(sum ln |s|): a sum over the
-        # pairs instead of a product over an (n, natm, natm) array (|s| >= 5e-201 but for
-        # rounding; s < 0 by rounding where Stratmann's polynomial passes 1, as in PySCF)
-        s_ij, s_ji = 0.5 * (1.0 - h + 1e-200), 0.5 * (1.0 + h + 1e-200)
-        log_cell = r.new_zeros(r.shape[0], natm)
-        log_cell = log_cell.index_add(1, iu, torch.log(s_ij.abs())).index_add(
-            1, ju, torch.log(s_ji.abs())
-        )
-        negative = torch.zeros_like(log_cell).index_add_(1, iu, (s_ij < 0).to(r.dtype))
-        negative.index_add_(1, ju, (s_ji < 0).to(r.dtype))
-        cell = torch.exp(log_cell) * (1.0 - 2.0 * torch.remainder(negative, 2.0))  # (n, natm)
-        return p * cell[:, atom] / cell.sum(dim=-1)
-
     def weights(self) -> torch.Tensor:
         """The quadrature weights ``(ngrid,)`` (PySCF's ``grids_response_cc`` w0, same order)."""
-        out = []
-        with torch.no_grad():
-            for a, c in enumerate(self.offsets):
-                for i in range(0, len(c), self.chunk):
-                    out.append(self._weights(a, slice(i, i + self.chunk), self.atom_coords))
-        return torch.cat(out)
+        coords, owner = self.points()
+        f = ops.becke_partition(coords, owner, self.atom_coords, self.adjust, self.scheme)
+        return self.vol * f
 
     def weight_vjp(self, de_dw: torch.Tensor) -> torch.Tensor:
-        """sum_g de_dw[g] dw_g/dR ``(natm, 3)`` (points moving with their atoms), chunk by chunk."""
-        out = torch.zeros_like(self.atom_coords)
-        if out.shape[0] == 1:  # one atom: w = vol, whatever its position
-            return out
-        start = 0
-        for a, c in enumerate(self.offsets):
-            for i in range(0, len(c), self.chunk):
-                sl = slice(i, min(i + self.chunk, len(c)))
-                n = sl.stop - sl.start
-                with torch.enable_grad():
-                    rr = self.atom_coords.detach().requires_grad_(True)
-                    w = self._weights(a, sl, rr)
-                    (g,) = torch.autograd.grad((w * de_dw[start : start + n]).sum(), rr)
-                out += g
-                start += n
-        return out
+        """sum_g de_dw[g] dw_g/dR ``(natm, 3)`` (points moving with their atoms)."""
+        coords, owner = self.points()
+        scheme = 1 if self.scheme == "stratmann" else 0
+        # w_g = vol_g f(r_g, R), r_g = c_g + R_owner: dR_k = df/dR_k + sum_{owner g = k} df/dr_g
+        gcoords, gatoms = torch.ops.dixc.becke_partition_backward(
+            de_dw.to(self.vol) * self.vol, coords, owner, self.atom_coords, self.adjust, scheme
+        )
+        return gatoms.index_add(0, owner, gcoords)
 
 
 def _finite_energy(functional: XCFunctional, rho: torch.Tensor, grid: Grid, what: str):

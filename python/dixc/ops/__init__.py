@@ -16,9 +16,16 @@ import torch
 
 from dixc.basis import Basis
 from dixc.ops import _autograd, _fake  # noqa: F401  (registration side effects)
-from dixc.ops._reference import contract_vxc_ref, eval_ao_ref, eval_rho_ref
+from dixc.ops._reference import (
+    becke_partition_ref,
+    contract_vxc_ref,
+    eval_ao_ref,
+    eval_rho_ref,
+)
 
 __all__ = [
+    "becke_partition",
+    "becke_partition_ref",
     "build_info",
     "check_device",
     "contract_vxc",
@@ -33,6 +40,7 @@ __all__ = [
 ]
 
 _XCTYPES = ("LDA", "GGA", "MGGA")
+_BECKE_SCHEMES = {"becke": 0, "stratmann": 1}
 
 
 def _xc(xctype: str) -> str:
@@ -172,4 +180,41 @@ def contract_vxc_fused(
     """
     return torch.ops.dixc.contract_vxc_fused(
         coords, *basis.tensors, wv, _xc(xctype), basis.nao, basis.cart
+    )
+
+
+def becke_partition(
+    coords: torch.Tensor,
+    owner: torch.Tensor,
+    atom_coords: torch.Tensor,
+    adjust: torch.Tensor | None = None,
+    scheme: str = "becke",
+) -> torch.Tensor:
+    """Becke cell fractions f_g = P_A(r_g) / sum_i P_i(r_g) of points owned by atoms A.
+
+    A molecular grid's weights are w_g = vol_g f_g (vol_g: the atom grid's own weight), as PySCF's
+    ``gen_grid`` builds them: P_i(r) = prod_{j != i} s(nu_ij), s(nu) = (1 - p(nu) + 1e-200) / 2,
+    nu_ij = mu_ij + a_ij (1 - mu_ij^2), mu_ij = (|r - R_i| - |r - R_j|) / |R_i - R_j|, with p
+    Becke's f(f(f(nu))), f(x) = (3 - x^2) x / 2, or Stratmann's polynomial (a = 0.64).
+
+    Args:
+        coords: ``(ngrid, 3)`` points, Bohr.
+        owner: ``(ngrid,)`` int64, the atom whose grid each point belongs to.
+        atom_coords: ``(natm, 3)`` nuclear positions, Bohr (distinct).
+        adjust: ``(natm, natm)`` antisymmetric atomic-size adjustment a_ij (PySCF's
+            ``radii_adjust``: ``a = clip(0.25 (rr^T - rr), -0.5, 0.5)``, ``rr_ij = R_i / R_j``
+            of the (Treutler: square roots of) atomic radii); None: no adjustment.
+        scheme: 'becke' (Becke's original switching function) or 'stratmann'.
+
+    Returns:
+        ``(ngrid,)`` in the dtype of ``coords``. Differentiable (first order) w.r.t. ``coords``
+        and ``atom_coords`` (``becke_partition_ref`` for higher orders).
+    """
+    if scheme not in _BECKE_SCHEMES:
+        raise ValueError(f"dixc: scheme must be one of {sorted(_BECKE_SCHEMES)}, got {scheme!r}")
+    if adjust is None:
+        n = atom_coords.shape[0]
+        adjust = torch.zeros((n, n), dtype=coords.dtype, device=coords.device)
+    return torch.ops.dixc.becke_partition(
+        coords, owner, atom_coords, adjust, _BECKE_SCHEMES[scheme]
     )

@@ -5,6 +5,7 @@ the wv-backward of ``contract_vxc`` is ``eval_rho`` (likewise for the fused pair
 in their differentiable argument, so backward-of-backward (Hessian-vector products of any Torch
 functional) needs no further kernels. Only inputs are saved, so double backward works.
 ``eval_ao`` differentiates w.r.t. the grid coordinates through higher AO derivatives.
+``becke_partition`` has a first derivative (w.r.t. the points and the nuclei) in its own kernel.
 """
 
 from __future__ import annotations
@@ -114,6 +115,41 @@ def _contract_vxc_fused_backward(ctx, grad):
     return None, None, None, None, None, None, gwv, None, None, None
 
 
+# --- becke_partition ---------------------------------------------------------------------------
+def _becke_partition_setup(ctx, inputs, output):
+    coords, owner, atom_coords, adjust, scheme = inputs
+    ctx.save_for_backward(coords, owner, atom_coords, adjust)
+    ctx.scheme = scheme
+
+
+def _becke_partition_backward(ctx, grad):
+    coords, owner, atom_coords, adjust = ctx.saved_tensors
+    if ctx.needs_input_grad[3]:
+        raise NotImplementedError(
+            "dixc.becke_partition: gradients w.r.t. adjust (the atomic-size adjustment) are not "
+            "implemented; detach it (coords and atom_coords are differentiable)."
+        )
+    gcoords = gatoms = None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
+        gcoords, gatoms = ops.becke_partition_backward(
+            grad, coords, owner, atom_coords, adjust, ctx.scheme
+        )
+    gcoords = gcoords if ctx.needs_input_grad[0] else None
+    gatoms = gatoms if ctx.needs_input_grad[2] else None
+    return gcoords, None, gatoms, None, None
+
+
+def _becke_partition_backward_setup(ctx, inputs, output):
+    pass
+
+
+def _becke_partition_backward_backward(ctx, grad_coords, grad_atoms):
+    raise NotImplementedError(
+        "dixc.becke_partition: derivatives beyond the first are not implemented (nuclear "
+        "gradients need the first); differentiate dixc.ops.becke_partition_ref instead."
+    )
+
+
 torch.library.register_autograd("dixc::eval_ao", _eval_ao_backward, setup_context=_eval_ao_setup)
 torch.library.register_autograd("dixc::eval_rho", _eval_rho_backward, setup_context=_eval_rho_setup)
 torch.library.register_autograd(
@@ -126,4 +162,12 @@ torch.library.register_autograd(
     "dixc::contract_vxc_fused",
     _contract_vxc_fused_backward,
     setup_context=_contract_vxc_fused_setup,
+)
+torch.library.register_autograd(
+    "dixc::becke_partition", _becke_partition_backward, setup_context=_becke_partition_setup
+)
+torch.library.register_autograd(
+    "dixc::becke_partition_backward",
+    _becke_partition_backward_backward,
+    setup_context=_becke_partition_backward_setup,
 )

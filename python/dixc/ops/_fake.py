@@ -56,3 +56,17 @@ def _contract_vxc_fused_fake(coords, bas, bas_coord, prim, c2s, rcut, wv, xctype
     torch._check(wv.dim() in (2, 3), lambda: "wv must be (nfeat, ngrid) or (B, nfeat, ngrid)")
     shape = (nao, nao) if wv.dim() == 2 else (wv.shape[0], nao, nao)
     return wv.new_empty(shape)
+
+
+@torch.library.register_fake("dixc::becke_partition")
+def _becke_partition_fake(coords, owner, atom_coords, adjust, scheme):
+    torch._check(coords.dim() == 2 and coords.shape[1] == 3, lambda: "coords must be (ngrid, 3)")
+    torch._check(owner.shape == coords.shape[:1], lambda: "owner must be (ngrid,)")
+    torch._check(scheme in (0, 1), lambda: f"scheme must be 0 or 1, got {scheme}")
+    return coords.new_empty((coords.shape[0],))
+
+
+@torch.library.register_fake("dixc::becke_partition_backward")
+def _becke_partition_backward_fake(grad, coords, owner, atom_coords, adjust, scheme):
+    torch._check(grad.shape == coords.shape[:1], lambda: "grad must be (ngrid,)")
+    return coords.new_empty(coords.shape), coords.new_empty(atom_coords.shape)

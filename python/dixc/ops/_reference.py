@@ -97,3 +97,32 @@ def contract_vxc_ref(ao: torch.Tensor, wv: torch.Tensor, xctype: str) -> torch.T
     if xctype == "MGGA":
         v = v + 0.5 * torch.einsum("bg,xig,xjg->bij", w[:, 4], ao[1:4], ao[1:4])
     return v if batched else v[0]
+
+
+def becke_partition_ref(
+    coords: torch.Tensor,
+    owner: torch.Tensor,
+    atom_coords: torch.Tensor,
+    adjust: torch.Tensor | None = None,
+    scheme: str = "becke",
+) -> torch.Tensor:
+    """Reference of ``becke_partition``: ``(ngrid,)``, by plain autograd-able Torch over the
+    dense ``(ngrid, natm, natm)`` array of switching functions (any derivative order)."""
+    natm = atom_coords.shape[0]
+    eye = torch.eye(natm, dtype=torch.bool, device=coords.device)
+    d = ((coords[:, None, :] - atom_coords[None]) ** 2).sum(-1).sqrt()  # (n, natm)
+    r2 = ((atom_coords[:, None, :] - atom_coords[None]) ** 2).sum(-1)
+    rij = torch.where(eye, 1.0, r2).sqrt()  # (natm, natm); 1 on the diagonal (unused)
+    mu = (d[:, :, None] - d[:, None, :]) / rij  # mu_ij for every ordered pair
+    nu = mu if adjust is None else mu + adjust * (1.0 - mu * mu)
+    if scheme == "stratmann":
+        m = nu / 0.64
+        poly = m * (35.0 + m * m * (-35.0 + m * m * (21.0 - 5.0 * m * m))) / 16.0
+        p = torch.where(nu.abs() < 0.64, poly, torch.sign(nu))
+    else:
+        p = nu
+        for _ in range(3):
+            p = (3.0 - p * p) * p * 0.5
+    s = torch.where(eye, 1.0, 0.5 * (1.0 - p + 1e-200))
+    cell = s.prod(dim=-1)  # P_i = prod_{j != i} s(nu_ij): (n, natm)
+    return cell.gather(1, owner[:, None])[:, 0] / cell.sum(dim=-1)
