@@ -11,6 +11,7 @@
 // (becke_fraction_point / becke_backward_point below, which host_emulation.cpp runs on the CPU).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -23,27 +24,30 @@ constexpr int kBeckeStratmann = 1;
 constexpr double kStratmannA = 0.64;   // Stratmann, Scuseria, Frisch (1996)
 constexpr double kBeckeTiny = 1e-200;  // PySCF's guard against a zero cell product
 
-// p(nu) and dp/dnu of the cell function's switching polynomial.
+// p(nu) and dp/dnu of the cell function's switching polynomial, branch-free (vectorisable).
 //   original: p = f(f(f(nu))), dp/dnu = (27/8) (1 - nu^2) (1 - x1^2) (1 - x2^2)
-//   Stratmann: p = (35 m - 35 m^3 + 21 m^5 - 5 m^7) / 16, m = nu / a, dp/dnu = 35/(16 a) (1 -
-//   m^2)^3,
-//              p = sign(nu), dp/dnu = 0 for |nu| >= a
-DIXC_HD inline void becke_switch(double nu, int scheme, double& p, double& dp) {
-  if (scheme == kBeckeStratmann) {
-    if (nu <= -kStratmannA || nu >= kStratmannA) {
-      p = nu > 0.0 ? 1.0 : -1.0;
-      dp = 0.0;
-      return;
-    }
-    const double m = nu / kStratmannA, m2 = m * m, c = 1.0 - m2;
+//   Stratmann: p = (35 m - 35 m^3 + 21 m^5 - 5 m^7) / 16, m = nu / a, dp/dnu = 35/(16 a) (1 - m^2)^3,
+//              p = sign(nu), dp/dnu = 0 for |nu| >= a: exactly what m clamped to [-1, 1] gives
+//              (35 - 35 + 21 - 5 = 16, 1 - m^2 = 0).
+template <int Scheme>
+DIXC_HD inline void becke_switch(double nu, double& p, double& dp) {
+  if (Scheme == kBeckeStratmann) {
+    const double m = std::min(std::max(nu / kStratmannA, -1.0), 1.0), m2 = m * m, c = 1.0 - m2;
     p = m * (35.0 + m2 * (-35.0 + m2 * (21.0 - 5.0 * m2))) / 16.0;
     dp = (35.0 / 16.0 / kStratmannA) * c * c * c;
-    return;
+  } else {
+    const double x1 = (3.0 - nu * nu) * nu * 0.5;
+    const double x2 = (3.0 - x1 * x1) * x1 * 0.5;
+    p = (3.0 - x2 * x2) * x2 * 0.5;
+    dp = (27.0 / 8.0) * (1.0 - nu * nu) * (1.0 - x1 * x1) * (1.0 - x2 * x2);
   }
-  const double x1 = (3.0 - nu * nu) * nu * 0.5;
-  const double x2 = (3.0 - x1 * x1) * x1 * 0.5;
-  p = (3.0 - x2 * x2) * x2 * 0.5;
-  dp = (27.0 / 8.0) * (1.0 - nu * nu) * (1.0 - x1 * x1) * (1.0 - x2 * x2);
+}
+
+DIXC_HD inline void becke_switch(double nu, int scheme, double& p, double& dp) {
+  if (scheme == kBeckeStratmann)
+    becke_switch<kBeckeStratmann>(nu, p, dp);
+  else
+    becke_switch<kBeckeOriginal>(nu, p, dp);
 }
 
 // Raw view of the atoms for the per-point functions; device pointers in a CUDA kernel.
@@ -59,7 +63,7 @@ struct BeckeAtoms {
 DIXC_HD inline double becke_dist(const double* r, const double* Rk, double* u) {
   const double x = r[0] - Rk[0], y = r[1] - Rk[1], z = r[2] - Rk[2];
   const double d = sqrt(x * x + y * y + z * z);
-  const double inv = d > 0.0 ? 1.0 / d : 0.0;
+  const double inv = 1.0 / std::max(d, 1e-300);  // at the nucleus x = y = z = 0: u = 0
   u[0] = x * inv;
   u[1] = y * inv;
   u[2] = z * inv;

@@ -35,9 +35,9 @@ the TDDFT Lagrangian added (:func:`excited_grid_response`, through :func:`with_g
 PySCF's own hold the grid fixed in space.
 
 Everything runs in dixc's ops (``eval_rho_fused`` for the features, ``eval_ao`` to second
-derivatives per block of points) and Torch (the Becke weights as a differentiable function of
-the nuclear positions, whose derivative term is one vector-Jacobian product) on the functional's
-device, in bounded memory.
+derivatives per block of points, ``becke_partition`` for the Becke weights as a function of the
+nuclear positions, whose derivative term is one call of its backward kernel) and Torch on the
+functional's device, in bounded memory.
 """
 
 from __future__ import annotations
