@@ -26,7 +26,8 @@ constexpr double kBeckeTiny = 1e-200;  // PySCF's guard against a zero cell prod
 
 // p(nu) and dp/dnu of the cell function's switching polynomial, branch-free (vectorisable).
 //   original: p = f(f(f(nu))), dp/dnu = (27/8) (1 - nu^2) (1 - x1^2) (1 - x2^2)
-//   Stratmann: p = (35 m - 35 m^3 + 21 m^5 - 5 m^7) / 16, m = nu / a, dp/dnu = 35/(16 a) (1 - m^2)^3,
+//   Stratmann: p = (35 m - 35 m^3 + 21 m^5 - 5 m^7) / 16, m = nu / a, dp/dnu = 35/(16 a) (1 -
+//   m^2)^3,
 //              p = sign(nu), dp/dnu = 0 for |nu| >= a: exactly what m clamped to [-1, 1] gives
 //              (35 - 35 + 21 - 5 = 16, 1 - m^2 = 0).
 template <int Scheme>
