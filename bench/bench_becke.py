@@ -10,6 +10,11 @@ with Treutler's size adjustment, as PySCF's RKS uses), interleaved timing (media
   with their atoms): ``BeckePartition.weight_vjp`` vs PySCF's ``grad.rks.grids_response_cc``
   (explicit derivatives (natm, 3, n) per atom, numpy) contracted with u; max abs error.
 
+With ``--device cuda`` (dixc built with CUDA kernels): the same two on the GPU next to dixc's CPU
+kernels (CUDA events are not needed: each call ends with a host synchronisation), errors of the
+GPU results against the CPU ones; PySCF's numpy grid response is then left out (``--pyscf-vjp``
+keeps it).
+
 The partition costs O(natm^2) per point, so it is the part of a grid-response gradient that grows
 fastest with the molecule. Run with ``MALLOC_MMAP_THRESHOLD_=33554432
 MALLOC_TRIM_THRESHOLD_=68719476736`` (glibc's malloc otherwise page-faults on large torch
@@ -32,7 +37,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from registry import time_interleaved
 
 
-def bench_molecule(name: str, level: int, repeat: int) -> dict:
+def bench_molecule(
+    name: str, level: int, repeat: int, device: str = "cpu", with_pyscf_vjp: bool = True
+) -> dict:
     from pyscf import dft
     from pyscf.dft import gen_grid
     from pyscf.grad import rks as rks_grad
@@ -62,10 +69,29 @@ def bench_molecule(name: str, level: int, repeat: int) -> dict:
         return out
 
     w, w_ref = becke.weights().numpy(), pyscf_weights()
-    v, v_ref = becke.weight_vjp(ut).numpy(), pyscf_vjp()
-    fns = [becke.weights, pyscf_weights, lambda: becke.weight_vjp(ut), pyscf_vjp]
-    times = [statistics.median(t) * 1e3 for t in time_interleaved(fns, repeat=repeat, warmup=0)]
+    v = becke.weight_vjp(ut).numpy()
+    fns = [becke.weights, pyscf_weights, lambda: becke.weight_vjp(ut)]
+    if with_pyscf_vjp:
+        v_ref = pyscf_vjp()
+        fns.append(pyscf_vjp)
+    else:
+        v_ref = v
+    gpu = {}
+    if device != "cpu":
+        bg = BeckePartition(mol, grids, device)
+        ug = ut.to(device)
+
+        def sync(fn):
+            return lambda: (fn(), torch.cuda.synchronize())
+
+        fns += [sync(bg.weights), sync(lambda: bg.weight_vjp(ug))]
+        gpu["w_err"] = float(np.abs(bg.weights().cpu().numpy() - w).max() / np.abs(w).max())
+        gpu["vjp_err"] = float(np.abs(bg.weight_vjp(ug).cpu().numpy() - v).max() / np.abs(v).max())
+    times = [statistics.median(t) * 1e3 for t in time_interleaved(fns, repeat=repeat, warmup=1)]
+    if device != "cpu":
+        gpu["w_ms"], gpu["vjp_ms"] = times[-2:]
     return {
+        "gpu": gpu,
         "molecule": name,
         "natm": mol.natm,
         "ngrid": n,
@@ -73,7 +99,7 @@ def bench_molecule(name: str, level: int, repeat: int) -> dict:
         "w_pyscf": times[1],
         "w_err": float(np.abs(w - w_ref).max() / np.abs(w_ref).max()),
         "vjp_dixc": times[2],
-        "vjp_pyscf": times[3],
+        "vjp_pyscf": times[3] if with_pyscf_vjp else float("nan"),
         "vjp_err": float(np.abs(v - v_ref).max()),
         "vjp_scale": float(np.abs(v_ref).max()),
     }
@@ -96,20 +122,50 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown_gpu(rows: list[dict], device: str) -> str:
+    lines = [
+        f"| molecule | atoms | grid | weights {device} ms | dixc CPU ms | CPU / GPU | rel err | "
+        f"weight VJP {device} ms | dixc CPU ms | CPU / GPU | rel err |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        g = r["gpu"]
+        lines.append(
+            f"| {r['molecule']} | {r['natm']} | {r['ngrid']} | {g['w_ms']:.2f} | "
+            f"{r['w_dixc']:.1f} | "
+            f"{r['w_dixc'] / g['w_ms']:.0f} | {g['w_err']:.1e} | {g['vjp_ms']:.2f} | "
+            f"{r['vjp_dixc']:.1f} | {r['vjp_dixc'] / g['vjp_ms']:.0f} | {g['vjp_err']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--molecules", nargs="+", default=["benzene", "alkane8", "alkane14"])
     ap.add_argument("--level", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cuda: also time dixc's CUDA kernels")
+    ap.add_argument("--pyscf-vjp", action="store_true", help="with --device cuda: keep PySCF's VJP")
     args = ap.parse_args(argv)
+    if args.device != "cpu":
+        import dixc
+
+        if not (torch.cuda.is_available() and dixc.ops.has_cuda()):
+            print(
+                f"no CUDA device or dixc built without CUDA kernels: --device {args.device} skipped"
+            )
+            return 0
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         print("warning: MALLOC_MMAP_THRESHOLD_ unset (see bench/README.md)", file=sys.stderr)
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()}")
     rows = []
+    keep_vjp = args.device == "cpu" or args.pyscf_vjp
     for name in args.molecules:
-        rows.append(bench_molecule(name, args.level, args.repeat))
+        rows.append(bench_molecule(name, args.level, args.repeat, args.device, keep_vjp))
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     print(markdown(rows))
+    if args.device != "cpu":
+        print(markdown_gpu(rows, args.device))
     return 0
 
 

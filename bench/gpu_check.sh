@@ -9,8 +9,8 @@
 #   bash bench/gpu_check.sh suite        # a stage the deadline skipped, in a second call at once
 #                                        # (reuses the build while the machine is warm)
 # Stages: build (DIXC_CUDA=ON wheel, against the machine's torch), gpu-tests (pytest -m gpu),
-# bench (bench/bench_cuda.py --float32), suite (the rest of the tests, with pytest-xdist; all of
-# them when gpu-tests did not run in the same call). Each stage writes its log to $OUT as it goes
+# bench (bench/bench_cuda.py --float32, then bench/bench_becke.py --device cuda), suite (the
+# rest of the tests, with pytest-xdist; all of them when gpu-tests did not run in the same call). Each stage writes its log to $OUT as it goes
 # (DIXC_GPU_OUT, else ./gpu-check-out), so what ran before a time-out still comes back (7 files,
 # within the tool's 8); DIXC_GPU_DEADLINE (seconds, default 570) bounds the whole call and each
 # stage gets what is left of it, a stage with too little left is skipped and says so.
@@ -102,7 +102,10 @@ for stage in "${STAGES[@]}"; do
     gpu-tests)
       gpu_done=1
       run_stage gpu-tests 60 python3 -m pytest -m gpu -q -p no:cacheprovider --durations=15 || status=1 ;;
-    bench) run_stage bench 90 python3 bench/bench_cuda.py --markdown --float32 --json "$OUT/bench_cuda.json" || status=1 ;;
+    bench)
+      # one log (the tool brings back 8 files): bench_cuda's tables, then bench_becke's
+      run_stage bench 90 bash -c "python3 bench/bench_cuda.py --markdown --float32 --json '$OUT/bench_cuda.json' \
+        && python3 bench/bench_becke.py --device cuda --molecules ethanol alkane8 --repeat 3" || status=1 ;;
     suite)
       # every test, CUDA ones included (those not already run by gpu-tests in this call);
       # pytest-xdist workers with 2 threads each
