@@ -12,8 +12,9 @@
 # bench (bench/bench_cuda.py --float32, then bench/bench_becke.py --device cuda), suite (the
 # rest of the tests, with pytest-xdist; all of them when gpu-tests did not run in the same call).
 # Each stage writes its log to $OUT as it goes (DIXC_GPU_OUT, else ./gpu-check-out), so what ran
-# before a time-out still comes back (7 files, within the tool's 8); DIXC_GPU_DEADLINE (seconds, default 570) bounds the whole call and each
-# stage gets what is left of it, a stage with too little left is skipped and says so.
+# before a time-out still comes back (7 files, within the tool's 8); DIXC_GPU_DEADLINE (seconds,
+# default 570) bounds the whole call and each stage gets what is left of it, a stage with too
+# little left is skipped and says so.
 # Measured results go to bench/README.md ("GPU") and the issue note.
 set -uo pipefail
 
