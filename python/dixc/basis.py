@@ -64,6 +64,29 @@ class Basis:
         """The five tensors in op-argument order ``(bas, bas_coord, prim, c2s, rcut)``."""
         return (self.bas, self.bas_coord, self.prim, self.c2s, self.rcut)
 
+    def subset(self, shells: torch.Tensor) -> tuple[Basis, torch.Tensor]:
+        """The basis of some of the shells (screening: those reaching a block of points).
+
+        Args:
+            shells: int64 ``(k,)`` increasing shell indices.
+
+        Returns:
+            The sub-basis (its AOs in the order of ``shells``; ``prim`` and ``c2s`` shared) and
+            the int64 ``(nao_sub,)`` indices of its AOs in this basis.
+        """
+        bas = self.bas[shells].clone()
+        l = bas[:, 0]
+        nfun = (l + 1) * (l + 2) // 2 if self.cart else 2 * l + 1
+        start = torch.cumsum(nfun, 0) - nfun
+        nao = int(nfun.sum())
+        ao = torch.repeat_interleave(bas[:, 3] - start, nfun, output_size=nao)
+        ao = ao + torch.arange(nao, device=bas.device)
+        bas[:, 3] = start
+        sub = dataclasses.replace(
+            self, bas=bas, bas_coord=self.bas_coord[shells], rcut=self.rcut[shells], nao=nao
+        )
+        return sub, ao
+
     def to(self, device: torch.device | str) -> Basis:
         """Returns the basis with every tensor on ``device``."""
         move = {f: getattr(self, f).to(device) for f in ("bas", "bas_coord", "prim", "c2s", "rcut")}
