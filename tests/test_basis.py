@@ -98,6 +98,25 @@ def test_tighter_cutoff_gives_larger_radii():
     assert tight.cutoff == 1e-14
 
 
+def test_subset_is_the_shells_aos(acetamide, device):
+    """Basis.subset: the sub-basis' AOs (values and derivatives to second order) are exactly the
+    selected shells' columns of the full basis, in their order (a shell of each l, the first and
+    the last shell)."""
+    _, basis = acetamide
+    basis = basis.to(device)
+    ls = basis.bas[:, 0].cpu()
+    pick = sorted({0, basis.nshell - 1} | {int((ls == l).nonzero()[0]) for l in ls.unique()})
+    shells = torch.tensor(pick, device=device)
+    sub, ao = basis.subset(shells)
+    assert sub.nshell == len(pick) and sub.nao == len(ao) == len(set(ao.tolist()))
+    coords = torch.randn(300, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    coords = coords.to(device)
+    full, part = dixc.ops.eval_ao(basis, coords, 2), dixc.ops.eval_ao(sub, coords, 2)
+    assert torch.equal(part, full[:, ao])
+    empty, none = basis.subset(torch.zeros(0, dtype=torch.long, device=device))
+    assert empty.nao == 0 and none.numel() == 0
+
+
 def test_basis_to_device(device):
     b = dixc.pack_basis(mole("water", "sto-3g")).to(device)
     assert all(t.device.type == device.type for t in b.tensors)
