@@ -35,7 +35,8 @@ the TDDFT Lagrangian added (:func:`excited_grid_response`, through :func:`with_g
 PySCF's own hold the grid fixed in space.
 
 Everything runs in dixc's ops (``eval_rho_fused`` for the features, ``eval_ao`` to second
-derivatives per block of points, ``becke_partition`` for the Becke weights as a function of the
+derivatives per spatially compact block of points on the sub-basis of the shells that reach it,
+``becke_partition`` for the Becke weights as a function of the
 nuclear positions, whose derivative term is one call of its backward kernel) and Torch on the
 functional's device, in bounded memory.
 """
