@@ -128,6 +128,26 @@ def eval_ao_ref_by_shell(basis: dixc.Basis, coords: torch.Tensor, deriv: int) ->
     return torch.cat([p[1] for p in parts], dim=1)
 
 
+def becke_points(name: str, level: int, npts: int, seed: int):
+    """A subsample of ``npts`` points of a molecule's atom grids (PySCF's order, each point owned
+    by its atom) and Treutler's radii adjustment, for the Becke-partition tests: float64
+    ``coords (npts, 3)``, int64 ``owner (npts,)``, ``atom_coords (natm, 3)``, ``adjust``."""
+    from pyscf.dft import gen_grid, radi
+
+    mol = mole(name, "def2-svp")
+    g = gen_grid.Grids(mol)
+    tab = g.gen_atomic_grids(mol, g.atom_grid, g.radi_method, level, g.prune)
+    R = mol.atom_coords()
+    coords = np.concatenate([tab[mol.atom_symbol(a)][0] + R[a] for a in range(mol.natm)])
+    owner = np.concatenate([[a] * len(tab[mol.atom_symbol(a)][0]) for a in range(mol.natm)])
+    keep = np.sort(np.random.default_rng(seed).choice(len(owner), npts, replace=False))
+    rad = np.sqrt(np.asarray(radi.BRAGG_RADII)[mol.atom_charges()])
+    rr = rad[:, None] / rad[None]
+    adjust = np.clip(0.25 * (rr.T - rr), -0.5, 0.5)
+    t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
+    return t(coords[keep]), torch.as_tensor(owner[keep]), t(R), t(adjust)
+
+
 def random_rotation(seed: int) -> torch.Tensor:
     """A proper rotation matrix (3, 3), float64, deterministic in ``seed``."""
     gen = torch.Generator().manual_seed(seed)

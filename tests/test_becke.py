@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from _util import becke_points
 from dixc import ops
 from dixc.molecules import mole
 
@@ -19,22 +20,8 @@ SCHEMES = ["becke", "stratmann"]
 
 
 def _ethanol(npts: int = 700, seed: int = 0):
-    """Ethanol's level-0 atom grids (points owned by each atom, PySCF's order), subsampled, and
-    Treutler's radii adjustment; float64 tensors."""
-    from pyscf.dft import gen_grid, radi
-
-    mol = mole("ethanol", "def2-svp")
-    g = gen_grid.Grids(mol)
-    tab = g.gen_atomic_grids(mol, g.atom_grid, g.radi_method, 0, g.prune)
-    R = mol.atom_coords()
-    coords = np.concatenate([tab[mol.atom_symbol(a)][0] + R[a] for a in range(mol.natm)])
-    owner = np.concatenate([[a] * len(tab[mol.atom_symbol(a)][0]) for a in range(mol.natm)])
-    keep = np.sort(np.random.default_rng(seed).choice(len(owner), npts, replace=False))
-    rad = np.sqrt(np.asarray(radi.BRAGG_RADII)[mol.atom_charges()])
-    rr = rad[:, None] / rad[None]
-    adjust = np.clip(0.25 * (rr.T - rr), -0.5, 0.5)
-    t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
-    return t(coords[keep]), torch.as_tensor(owner[keep]), t(R), t(adjust)
+    """Ethanol's level-0 atom-grid points, subsampled, with Treutler's radii adjustment."""
+    return becke_points("ethanol", 0, npts, seed)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -16,12 +16,11 @@ import os
 import sys
 import zlib
 
-import numpy as np
 import pytest
 import torch
 
 import dixc
-from _util import rel_err, rel_err_rows, system
+from _util import becke_points, rel_err, rel_err_rows, system
 from dixc.molecules import mole
 
 pytestmark = pytest.mark.slow
@@ -314,19 +313,7 @@ def test_becke_partition(emu, scheme):
     ethanol's level-1 points, 1000 of them (four blocks of 256, the last partial) with Treutler's
     size adjustment, 1e-14 absolute for the fractions and 1e-13 relative for both gradients; the
     CPU kernel's validation messages."""
-    from pyscf.dft import gen_grid, radi
-
-    mol = mole("ethanol", "def2-svp")
-    g = gen_grid.Grids(mol)
-    tab = g.gen_atomic_grids(mol, g.atom_grid, g.radi_method, 1, g.prune)
-    R = mol.atom_coords()
-    coords = np.concatenate([tab[mol.atom_symbol(a)][0] + R[a] for a in range(mol.natm)])
-    owner = np.concatenate([[a] * len(tab[mol.atom_symbol(a)][0]) for a in range(mol.natm)])
-    keep = np.sort(np.random.default_rng(2).choice(len(owner), 1000, replace=False))
-    rad = np.sqrt(np.asarray(radi.BRAGG_RADII)[mol.atom_charges()])
-    rr = rad[:, None] / rad[None]
-    adjust = torch.as_tensor(np.clip(0.25 * (rr.T - rr), -0.5, 0.5))
-    args = (torch.as_tensor(coords[keep]), torch.as_tensor(owner[keep]), torch.as_tensor(R))
+    *args, adjust = becke_points("ethanol", 1, 1000, 2)
     f = emu.becke_partition(*args, adjust, scheme)
     assert float((f - ops.becke_partition(*args, adjust, scheme)).abs().max()) < 1e-14
     u = torch.randn(1000, dtype=torch.float64)
