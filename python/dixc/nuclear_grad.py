@@ -36,9 +36,9 @@ PySCF's own hold the grid fixed in space.
 
 Everything runs in dixc's ops (``eval_rho_fused`` for the features, ``eval_ao`` to second
 derivatives per spatially compact block of points on the sub-basis of the shells that reach it,
-``becke_partition`` for the Becke weights as a function of the
-nuclear positions, whose derivative term is one call of its backward kernel) and Torch on the
-functional's device, in bounded memory.
+``becke_partition`` for the Becke weights as a function of the nuclear positions, whose
+derivative term is one call of its backward kernel) and Torch on the functional's device, in
+bounded memory.
 """
 
 from __future__ import annotations
@@ -126,6 +126,8 @@ def _blocks(
     most shells are out of reach of most blocks (the GEMM work of C14H30's gradient drops to a
     third)."""
     n = coords.shape[0]
+    if n == 0:
+        return []
     step = max(256, int(_AO_BLOCK_MB * 2**20 / (8 * ncomp * max(basis.nao, 1))))
     step = min(step, _SCREEN_POINTS)
     atom = owner if owner is not None else torch.zeros(n, dtype=torch.long, device=coords.device)
