@@ -677,7 +677,7 @@ def test_xc_gradient_terms_on_cuda_equal_cpu(name):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["pbe", "xcdiff"])
 def test_pointwise_derivatives_and_becke_partition_on_cuda_equal_cpu(name):
-    """eval_xc_eff to k_xc with the functional on CUDA, the Torch Becke partition (weights and
+    """eval_xc_eff to k_xc with the functional on CUDA, the Becke partition kernels (weights and
     their vector-Jacobian product), the excited-state grid response and XC matrices on CUDA,
     equal the CPU's to 1e-11 relative to each tensor's largest element."""
     import copy
@@ -693,7 +693,7 @@ def test_pointwise_derivatives_and_becke_partition_on_cuda_equal_cpu(name):
     gpu = pyscf_plugin.TorchNumInt(copy.deepcopy(f).to("cuda"), device="cuda")
     for c, g in zip(cpu, gpu.eval_xc_eff("x", rho, deriv=3), strict=True):
         assert np.abs(g - c).max() <= 1e-11 * np.abs(c).max()
-    u = torch.randn(sum(len(w) for w in BeckePartition(mol, ref.grids).vol), dtype=torch.float64)
+    u = torch.randn(len(BeckePartition(mol, ref.grids).vol), dtype=torch.float64)
     parts = [BeckePartition(mol, ref.grids, dev) for dev in ("cpu", "cuda")]
     w_cpu, w_gpu = (p.weights().cpu() for p in parts)
     assert (w_gpu - w_cpu).abs().max() <= 1e-11 * w_cpu.abs().max()

@@ -22,16 +22,15 @@ constexpr int64_t kBeckeBlock = 64;
 constexpr int64_t kBeckeTask = 8 * kBeckeBlock;
 
 // Per-block scratch, rows of kBeckeBlock per atom: distances, unit vectors (x, y, z rows), cell
-// products, Z = sum_i P_i, and for the backward pass the coefficients c_i and sums S_i.
+// products, Z = sum_i P_i, and for the backward pass grad * f, the coefficients c_i and sums S_i.
 struct BeckeScratch {
-  int64_t natm;
-  std::vector<double> d, u, P, z, c, S;
+  std::vector<double> d, u, P, z, gf, c, S;
   explicit BeckeScratch(int64_t n)
-      : natm(n),
-        d(n * kBeckeBlock),
+      : d(n * kBeckeBlock),
         u(3 * n * kBeckeBlock),
         P(n * kBeckeBlock),
         z(kBeckeBlock),
+        gf(kBeckeBlock),
         c(n * kBeckeBlock),
         S(n * kBeckeBlock) {}
   double* row(std::vector<double>& v, int64_t i) { return v.data() + i * kBeckeBlock; }
@@ -106,12 +105,13 @@ void backward_tasks(const BeckeAtoms& a, const double* r, const int64_t* own, co
       for (int64_t g0 = task * kBeckeTask; g0 < end; g0 += kBeckeBlock) {
         const int64_t nb = std::min(kBeckeBlock, end - g0);
         cells<Scheme>(a, r + 3 * g0, nb, t);
+        for (int64_t g = 0; g < nb; ++g)  // grad[g] f_g
+          t.gf[g] = gg[g0 + g] * t.row(t.P, own[g0 + g])[g] / t.z[g];
         for (int64_t i = 0; i < n; ++i) {
           const double* P = t.row(t.P, i);
           double *c = t.row(t.c, i), *S = t.row(t.S, i);
           for (int64_t g = 0; g < nb; ++g) {
-            const double gf = gg[g0 + g] * t.row(t.P, own[g0 + g])[g] / t.z[g];
-            c[g] = gf * ((i == own[g0 + g] ? 1.0 : 0.0) - P[g] / t.z[g]);
+            c[g] = t.gf[g] * ((i == own[g0 + g] ? 1.0 : 0.0) - P[g] / t.z[g]);
             S[g] = 0.0;
           }
         }

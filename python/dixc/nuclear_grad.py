@@ -184,9 +184,12 @@ class BeckePartition:
         tab = grids.gen_atomic_grids(mol, grids.atom_grid, grids.radi_method, grids.level,
                                      grids.prune)  # fmt: skip
         t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64).to(dev)  # noqa: E731
-        self.offsets = [t(tab[mol.atom_symbol(i)][0]) for i in range(mol.natm)]
+        offsets = [t(tab[mol.atom_symbol(i)][0]) for i in range(mol.natm)]
         self.vol = torch.cat([t(tab[mol.atom_symbol(i)][1]) for i in range(mol.natm)])
         self.atom_coords = t(mol.atom_coords())
+        self._coords = torch.cat([c + r for c, r in zip(offsets, self.atom_coords, strict=True)])
+        self._owner = torch.cat([torch.full((len(c),), a, dtype=torch.long, device=dev)
+                                 for a, c in enumerate(offsets)])  # fmt: skip
         adjust = np.zeros((mol.natm, mol.natm))
         if grids.radii_adjust in (radi.treutler_atomic_radii_adjust,
                                   radi.becke_atomic_radii_adjust):  # fmt: skip
@@ -200,26 +203,23 @@ class BeckePartition:
 
     def points(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Coordinates ``(ngrid, 3)`` and owning atom ``(ngrid,)`` of the points, atom by atom."""
-        coords = torch.cat([c + r for c, r in zip(self.offsets, self.atom_coords, strict=True)])
-        owner = torch.cat([torch.full((len(c),), a, dtype=torch.long, device=c.device)
-                           for a, c in enumerate(self.offsets)])  # fmt: skip
-        return coords, owner
+        return self._coords, self._owner
 
     def weights(self) -> torch.Tensor:
         """The quadrature weights ``(ngrid,)`` (PySCF's ``grids_response_cc`` w0, same order)."""
-        coords, owner = self.points()
-        f = ops.becke_partition(coords, owner, self.atom_coords, self.adjust, self.scheme)
+        f = ops.becke_partition(
+            self._coords, self._owner, self.atom_coords, self.adjust, self.scheme
+        )
         return self.vol * f
 
     def weight_vjp(self, de_dw: torch.Tensor) -> torch.Tensor:
         """sum_g de_dw[g] dw_g/dR ``(natm, 3)`` (points moving with their atoms)."""
-        coords, owner = self.points()
-        scheme = 1 if self.scheme == "stratmann" else 0
         # w_g = vol_g f(r_g, R), r_g = c_g + R_owner: dR_k = df/dR_k + sum_{owner g = k} df/dr_g
-        gcoords, gatoms = torch.ops.dixc.becke_partition_backward(
-            de_dw.to(self.vol) * self.vol, coords, owner, self.atom_coords, self.adjust, scheme
-        )
-        return gatoms.index_add(0, owner, gcoords)
+        gcoords, gatoms = ops.becke_partition_backward(
+            de_dw.to(self.vol) * self.vol, self._coords, self._owner, self.atom_coords,
+            self.adjust, self.scheme,
+        )  # fmt: skip
+        return gatoms.index_add(0, self._owner, gcoords)
 
 
 def _finite_energy(functional: XCFunctional, rho: torch.Tensor, grid: Grid, what: str):

@@ -25,6 +25,7 @@ from dixc.ops._reference import (
 
 __all__ = [
     "becke_partition",
+    "becke_partition_backward",
     "becke_partition_ref",
     "build_info",
     "check_device",
@@ -210,11 +211,38 @@ def becke_partition(
         ``(ngrid,)`` in the dtype of ``coords``. Differentiable (first order) w.r.t. ``coords``
         and ``atom_coords`` (``becke_partition_ref`` for higher orders).
     """
+    return torch.ops.dixc.becke_partition(
+        coords, owner, atom_coords, *_becke_args(coords, atom_coords, adjust, scheme)
+    )
+
+
+def becke_partition_backward(
+    grad: torch.Tensor,
+    coords: torch.Tensor,
+    owner: torch.Tensor,
+    atom_coords: torch.Tensor,
+    adjust: torch.Tensor | None = None,
+    scheme: str = "becke",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vector-Jacobian product of :func:`becke_partition` (what its autograd calls).
+
+    Args:
+        grad: ``(ngrid,)`` the incoming gradient u_g; the other arguments as for
+            :func:`becke_partition`.
+
+    Returns:
+        ``(sum_g u_g df_g/dcoords (ngrid, 3), sum_g u_g df_g/datom_coords (natm, 3))``.
+    """
+    return torch.ops.dixc.becke_partition_backward(
+        grad, coords, owner, atom_coords, *_becke_args(coords, atom_coords, adjust, scheme)
+    )
+
+
+def _becke_args(coords, atom_coords, adjust, scheme: str) -> tuple[torch.Tensor, int]:
+    """The op's ``adjust`` (zeros for None) and integer scheme."""
     if scheme not in _BECKE_SCHEMES:
         raise ValueError(f"dixc: scheme must be one of {sorted(_BECKE_SCHEMES)}, got {scheme!r}")
     if adjust is None:
         n = atom_coords.shape[0]
         adjust = torch.zeros((n, n), dtype=coords.dtype, device=coords.device)
-    return torch.ops.dixc.becke_partition(
-        coords, owner, atom_coords, adjust, _BECKE_SCHEMES[scheme]
-    )
+    return adjust, _BECKE_SCHEMES[scheme]
