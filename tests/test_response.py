@@ -162,6 +162,33 @@ def _random_mlp(seed: int = 0) -> MLPmGGA:
     return f
 
 
+def test_xc_kernel_of_a_wide_network_in_cache_sized_chunks(monkeypatch):
+    """A wide network's derivatives are taken in cache-sized chunks of points (here 1024 of the
+    water grid's 33,704): E_xc, V_xc, one probe (forward-over-backward per chunk) and a batch (the
+    per-point feature Hessian) equal the whole-grid autograd of the same network to 1e-12."""
+    from dixc.functionals import base
+
+    monkeypatch.setattr(base, "CACHE_POINTS_WIDTH", 2**14)  # width 16 -> 1024-point chunks
+    _, mf, ctx = pyscf_pbe("water", 3)
+    f = _random_mlp()
+    assert f.chunk_points() == 1024 and ctx.grid.ngrid > 32 * 1024
+    dm0 = torch.as_tensor(mf.make_rdm1())
+    for got, ref in zip(dscf.exc_vxc(ctx, f, dm0), dscf.exc_vxc(ctx, AsNonlocal(f), dm0),
+                        strict=True):  # fmt: skip
+        assert rel(got.detach().numpy(), ref.detach().numpy()) < 1e-12
+    d1 = torch.randn(
+        3, ctx.nao, ctx.nao, dtype=torch.float64, generator=torch.Generator().manual_seed(5)
+    )
+    d1 = d1 + d1.transpose(1, 2)
+    k, kn = XCKernel(ctx, f, dm0), XCKernel(ctx, AsNonlocal(f), dm0)
+    one = k(d1[0])
+    assert k._hess is None  # a single first probe: no feature Hessian
+    assert rel(one.numpy(), kn(d1[0]).numpy()) < 1e-12
+    batch = k(d1)
+    assert k._hess is not None
+    assert rel(batch.numpy(), kn(d1).numpy()) < 1e-12
+
+
 def test_hvp_is_differentiable_in_parameters():
     """d/dtheta of |H_theta X|^2 (the Hessian loss's building block) vs central differences."""
     _, mf, ctx = pyscf_pbe("water", 3)

@@ -416,3 +416,24 @@ def test_nonlocal_seams_on_cuda_equal_cpu(monkeypatch):
         results.append([g.cpu() for g in torch.autograd.grad(scalar, [a0, a1, *params])])
     for c, g in zip(*results, strict=True):
         assert (g - c).abs().max() <= 1e-11 * c.abs().max().clamp(min=1e-300)
+
+
+def test_chunk_points_follow_the_widest_layer():
+    """Local functionals' point chunks on a CPU: 2^19 / (widest Linear layer), a power of two in
+    [1024, 32768]; networks without Linear layers and every functional on CUDA: 32768. The local
+    CHUNK_GRAPH paths take the smaller of the two."""
+    cases = {
+        ("mlp_mgga", 320): 1024,  # 1638 -> 1024
+        ("mlp_mgga", 64): 8192,
+        ("mlp_mgga", 4096): 1024,  # 128 -> the floor
+        ("mlp_mgga", 8): 32768,  # 65536 -> the ceiling
+        ("skala_mgga", None): 2048,  # 256 wide
+        ("nnmgga", None): 4096,  # 100 wide
+        ("xcdiff", None): 32768,  # 16 wide
+        ("pbe", None): 32768,
+    }
+    for (name, hidden), want in cases.items():
+        f = F.create(name, **({} if hidden is None else {"hidden": hidden}))
+        assert f.chunk_points() == want, (name, hidden)
+        assert f.chunk_points(torch.device("cuda")) == 32768
+        assert xc._graph_chunk(f, torch.device("cpu")) == min(want, xc.CHUNK_GRAPH)

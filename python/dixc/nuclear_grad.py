@@ -333,8 +333,11 @@ def _autograd(y: torch.Tensor, x: torch.Tensor, create: bool) -> torch.Tensor:
     return torch.zeros_like(x) if g is None else g
 
 
-def _local_chunks(n: int) -> list[slice]:
-    return [slice(a, min(a + _POINT_CHUNK, n)) for a in range(0, n, _POINT_CHUNK)]
+def _local_chunks(functional: XCFunctional, x: torch.Tensor) -> list[slice]:
+    """Slices of the points (last axis) of ``x``: at most ``_POINT_CHUNK``, fewer for wide networks
+    on a CPU (``functional.chunk_points``)."""
+    n, size = x.shape[-1], min(_POINT_CHUNK, functional.chunk_points(x.device))
+    return [slice(a, min(a + size, n)) for a in range(0, n, size)]
 
 
 def _lagrangian_derivatives(
@@ -358,7 +361,7 @@ def _lagrangian_derivatives(
     x0, xp, xt = feats
     if functional.is_local:
         ell, d0 = [], []
-        for sl in _local_chunks(x0.shape[1]):
+        for sl in _local_chunks(functional, x0):
             r = x0[:, sl].detach().requires_grad_(True)
             with torch.enable_grad():
                 e = functional.energy_density(r)
@@ -511,7 +514,7 @@ def _kernel_directions(
         with torch.enable_grad():
             return directions(functional(r, grid), r, slice(None))
     parts: list[list] = [[], [], [], []]
-    for sl in _local_chunks(x0.shape[1]):
+    for sl in _local_chunks(functional, x0):
         r = x0[:, sl].detach().requires_grad_(True)
         with torch.enable_grad():
             got = directions(functional.energy_density(r), r, sl)

@@ -31,10 +31,15 @@ def _check_finite(value: torch.Tensor, what: str, ctx: MolContext) -> None:
         )
 
 
-CHUNK = 32768  # grid points per chunk when a local functional runs without a kept graph
-# grid points per chunk of the recomputed training graph: its Hessian variant holds ~6 graphs of
-# the network per point (~150 kB for Skala-mGGA's 256-wide MLP), 4096 points ~0.6 GB
+# Grid points per chunk when a local functional runs without a kept graph: the functional's
+# ``chunk_points`` (cache-sized for wide networks on a CPU, up to 32768). At most CHUNK_GRAPH for
+# the recomputed training graph and the Hessian: they hold ~6 graphs of the network per point
+# (~150 kB for Skala-mGGA's 256-wide MLP), 4096 points ~0.6 GB.
 CHUNK_GRAPH = 4096
+
+
+def _graph_chunk(functional: XCFunctional, device: torch.device) -> int:
+    return min(CHUNK_GRAPH, functional.chunk_points(device))
 
 
 def _local_derivs(
@@ -46,14 +51,17 @@ def _local_derivs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """E_xc, dE/d rho and (optionally) the per-point Hessian of a local functional, chunked.
 
-    Memory is bounded by ``chunk`` points of the functional's autograd graph (default ``CHUNK``,
-    ``CHUNK_GRAPH`` with the Hessian; a large MLP's activations over a whole molecular grid
-    would not fit). No graph is kept.
+    Memory is bounded by ``chunk`` points of the functional's autograd graph (default
+    ``functional.chunk_points``, at most ``CHUNK_GRAPH`` with the Hessian; a large MLP's
+    activations over a whole molecular grid would not fit). No graph is kept.
 
     Returns:
         ``(exc ((B,)), wv (same shape as rho), hess (nfeat, nfeat, ngrid) or None)``.
     """
-    ngrid, chunk = rho.shape[-1], chunk or (CHUNK_GRAPH if hessian else CHUNK)
+    ngrid = rho.shape[-1]
+    if chunk is None:
+        dev = rho.device
+        chunk = _graph_chunk(functional, dev) if hessian else functional.chunk_points(dev)
     exc = rho.new_zeros(rho.shape[:-2])
     wv = torch.empty_like(rho)
     hess = rho.new_empty(rho.shape[-2], rho.shape[-2], ngrid) if hessian else None
@@ -82,9 +90,9 @@ class _LocalXCRecompute(torch.autograd.Function):
     the derivatives chunk by chunk without a graph and saves only ``rho`` and the parameters; the
     backward recomputes each chunk's graph and contracts it with the incoming gradients:
         d/dx [<g_E, E> + <g_w, dE/d rho> + <g_H, d^2E/d rho^2>]  for x in (rho, parameters).
-    Memory is then one chunk's graph (``CHUNK_GRAPH`` points) at a time. Under ``create_graph``
-    (higher derivatives of the backward itself) the recomputed graph is kept, so every order
-    stays exact.
+    Memory is then one chunk's graph (at most ``CHUNK_GRAPH`` points) at a time. Under
+    ``create_graph`` (higher derivatives of the backward itself) the recomputed graph is kept, so
+    every order stays exact.
 
     ``apply(functional, weights, hessian, rho, *params)`` -> ``(exc, wv)`` or ``(exc, wv, hess)``
     with the shapes of :func:`_local_derivs` (``hessian`` needs an unbatched ``rho``).
@@ -92,7 +100,8 @@ class _LocalXCRecompute(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, functional, weights, hessian, rho, *params):
-        exc, wv, hess = _local_derivs(functional, rho, weights, hessian, CHUNK_GRAPH)
+        exc, wv, hess = _local_derivs(functional, rho, weights, hessian,
+                                      _graph_chunk(functional, rho.device))  # fmt: skip
         ctx.functional, ctx.hessian = functional, hessian
         ctx.param_ids = tuple(id(p) for p in params)
         ctx.save_for_backward(rho, weights, *params)
@@ -106,9 +115,9 @@ class _LocalXCRecompute(torch.autograd.Function):
         need_rho = ctx.needs_input_grad[3]
         grho: list[torch.Tensor] = []
         gparams: list[torch.Tensor | None] = [None] * len(params)
-        ngrid = rho.shape[-1]
-        for a in range(0, ngrid, CHUNK_GRAPH):
-            b = min(a + CHUNK_GRAPH, ngrid)
+        ngrid, chunk = rho.shape[-1], _graph_chunk(ctx.functional, rho.device)
+        for a in range(0, ngrid, chunk):
+            b = min(a + chunk, ngrid)
             with torch.enable_grad():
                 r = rho[..., a:b]
                 if not (create and r.requires_grad):
@@ -524,8 +533,9 @@ class XCKernel:
         if self._chunked:  # one forward-over-backward per chunk, no graph kept
             w1 = torch.empty_like(r1)
             wts = self.ctx.grid.weights
-            for a in range(0, r1.shape[-1], CHUNK):
-                b = min(a + CHUNK, r1.shape[-1])
+            chunk = self.functional.chunk_points(r1.device)
+            for a in range(0, r1.shape[-1], chunk):
+                b = min(a + chunk, r1.shape[-1])
                 with torch.enable_grad():
                     r = self.rho0[:, a:b].detach().requires_grad_(True)
                     e = self.functional.energy_density(r) @ wts[a:b]

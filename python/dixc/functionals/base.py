@@ -29,6 +29,11 @@ import torch
 from dixc.grid import Grid
 
 NFEAT = {"LDA": 1, "GGA": 4, "MGGA": 5}
+# Chunks of grid points for local functionals' derivatives: at most POINT_CHUNK_MAX points, and on
+# a CPU about CACHE_POINTS_WIDTH / (widest layer) (one float64 activation of 4 MB).
+POINT_CHUNK_MAX = 32768
+POINT_CHUNK_MIN = 1024
+CACHE_POINTS_WIDTH = 2**19
 
 
 def grads_or_zeros(
@@ -94,6 +99,26 @@ class XCFunctional(torch.nn.Module):
     def nfeat(self) -> int:
         """Number of feature rows read: 1 (LDA), 4 (GGA), 5 (MGGA)."""
         return NFEAT[self.xctype]
+
+    def chunk_points(self, device: torch.device | str = "cpu") -> int:
+        """Grid points per chunk when a local functional's derivatives are taken chunk by chunk.
+
+        On a CPU a per-point network is fastest when one layer's activations (points x width,
+        float64) stay near the cache: ``CACHE_POINTS_WIDTH`` / (widest ``Linear`` layer) points,
+        rounded down to a power of two, within [``POINT_CHUNK_MIN``, ``POINT_CHUNK_MAX``]
+        (ethanol's 101k-point grid, 2 cores: a 4 x 320 SiLU MLP takes V_xc 1.9x and a
+        Hessian-vector product 2.5x faster in chunks of 1024 points than of 32768, the 4 x 64
+        default ~1.1x in chunks of 8192). Functionals without ``Linear`` layers (fewer, larger
+        chunks save Python and autograd overhead), and every functional on CUDA:
+        ``POINT_CHUNK_MAX``.
+        """
+        width = max(
+            (m.out_features for m in self.modules() if isinstance(m, torch.nn.Linear)), default=0
+        )
+        if torch.device(device).type != "cpu" or width == 0:
+            return POINT_CHUNK_MAX
+        chunk = 1 << max(0, (CACHE_POINTS_WIDTH // width).bit_length() - 1)
+        return min(POINT_CHUNK_MAX, max(POINT_CHUNK_MIN, chunk))
 
     def energy_density(self, rho: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:
         """XC energy per volume e_xc = rho eps_xc.
