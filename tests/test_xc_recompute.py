@@ -437,3 +437,42 @@ def test_chunk_points_follow_the_widest_layer():
         assert f.chunk_points() == want, (name, hidden)
         assert f.chunk_points(torch.device("cuda")) == 32768
         assert xc._graph_chunk(f, torch.device("cpu")) == min(want, xc.CHUNK_GRAPH)
+
+
+@pytest.mark.parametrize(
+    "name", ["pbe", "b3lyp_semilocal", "mlp_mgga", "nnmgga", "xcdiff", "skala_mgga"]
+)
+def test_rotation_invariant_feature_hessian_equals_all_rows(name):
+    """``xc.feature_hessian`` of a rotation-invariant functional (2 / 3 backward passes and the
+    first derivative) equals the Hessian from one backward pass per feature row to 1e-12 of the
+    largest element at each point, at ordinary points, where grad rho is zero exactly or tiny,
+    and below the density screening; its grad-rho block, the part rebuilt from the invariance,
+    to 1e-12 of that block's own largest element (not for PBE: there the gradient expansions of
+    exchange and correlation cancel, so that block is rounding noise of 1e-18 at small grad rho,
+    1e-16 of the point's largest element). A functional that does not declare the invariance
+    gets the row-by-row Hessian itself."""
+    f = _functional(name) if name not in ("pbe", "b3lyp_semilocal") else F.create(name)
+    assert f.rotation_invariant
+    rho = _features(64, seed=5)[: f.nfeat]
+    rho[1:4, :4] = 0.0  # grad rho = 0 exactly
+    rho[1:4, 4:8] *= 1e-9  # nearly
+    rho[1:4, 8] = torch.tensor([0.0, 0.0, 1e-3])  # along z, one component only
+    rho[0, 9:12] = 1e-16  # below every functional's screening threshold
+    w = torch.rand(64, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    r = rho.clone().requires_grad_(True)
+    e = f.energy_density(r) @ w
+    (g,) = torch.autograd.grad(e, r, create_graph=True)
+    got = xc.feature_hessian(f, r, g)
+    rows = torch.stack([torch.autograd.grad(g[k].sum(), r, retain_graph=True)[0]
+                        for k in range(f.nfeat)])  # fmt: skip
+
+    def err(got, ref):  # per point, relative to the largest element of ref there
+        return (got - ref).abs().amax(dim=(0, 1)) / ref.abs().amax(dim=(0, 1)).clamp(min=1e-300)
+
+    assert err(got, rows).max() <= 1e-12
+    if name != "pbe":
+        assert err(got[1:4, 1:4], rows[1:4, 1:4]).max() <= 1e-12
+    assert (got[:, :, 9:12] == 0).all()
+    # the same functional without the declaration: the row-by-row Hessian itself
+    f.rotation_invariant = False
+    assert torch.equal(xc.feature_hessian(f, r, g), rows)

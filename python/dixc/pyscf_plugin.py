@@ -36,7 +36,7 @@ from pyscf.dft import numint, rks
 from dixc.context import MolContext
 from dixc.functionals.base import XCFunctional
 from dixc.nuclear_grad import _autograd
-from dixc.xc import XCKernel, _exc_vxc_rho
+from dixc.xc import XCKernel, _exc_vxc_rho, feature_hessian
 
 __all__ = ["RKS", "TorchNumInt", "initial_guess"]
 
@@ -85,8 +85,10 @@ def _pointwise_derivatives(
 
     x are the ``nfeat`` rows of ``rho`` ``(nfeat, npts)``; the derivative tensors are
     ``(nfeat,) * k + (npts,)`` (None above ``deriv``): one backward pass per row of the second
-    derivative and one per pair k <= l of the third, which is symmetric (a local functional's
-    points are independent, so summing over points before each backward loses nothing).
+    derivative (fewer for a rotation-invariant functional when it is the highest order:
+    :func:`dixc.xc.feature_hessian`) and one per pair k <= l of the third, which is symmetric (a
+    local functional's points are independent, so summing over points before each backward loses
+    nothing).
     """
     r = rho.detach().requires_grad_(True)
     nf = r.shape[0]
@@ -99,7 +101,9 @@ def _pointwise_derivatives(
         e = f.energy_density(r)
         if deriv >= 1:
             v = grad(e, deriv >= 2)
-        if deriv >= 2:
+        if deriv == 2 and v.requires_grad:  # fewer passes for a rotation-invariant functional
+            f2 = feature_hessian(f, r, v)
+        elif deriv >= 2:
             f2 = torch.stack([grad(v[k], deriv >= 3) for k in range(nf)])
         if deriv >= 3:
             k3 = r.new_empty(nf, nf, nf, r.shape[1])

@@ -42,6 +42,52 @@ def _graph_chunk(functional: XCFunctional, device: torch.device) -> int:
     return min(CHUNK_GRAPH, functional.chunk_points(device))
 
 
+def feature_hessian(functional: XCFunctional, r: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-point Hessian ``(nfeat, nfeat, npts)`` of a local functional, from its first derivative.
+
+    Args:
+        functional: the local functional ``g`` was computed with.
+        r: ``(nfeat, npts)`` features (a leaf requiring grad).
+        g: ``(nfeat, npts)`` dE/dr with its graph (``create_graph=True``); kept (retain_graph).
+
+    One backward pass of ``g`` per direction; the points are independent, so each pass gives
+    H d at every point for a per-point direction d. In general the directions are the feature
+    rows (nfeat passes). A ``rotation_invariant`` GGA / meta-GGA needs only rho, tau and u, the
+    unit vector along grad rho (e_x where grad rho = 0): its gradient block is
+        H_gg = 4 e_ss g g^T + 2 e_s I = a u u^T + b (I - u u^T),
+    with a = u.H_gg u from the pass along u and b = 2 e_s = (dE/dg . u) / |g| from the first
+    derivative (b = a where grad rho = 0, as H_gg = 2 e_s I there), and H_rho,g, H_tau,g are in
+    the rows of rho and tau: 2 (GGA) / 3 (meta-GGA) passes instead of 4 / 5. No graph is made.
+    """
+    nf = r.shape[0]
+    if not g.requires_grad:  # dE/dr independent of r
+        return r.new_zeros(nf, nf, r.shape[1])
+    if nf == 1 or not functional.rotation_invariant:
+        rows = [torch.autograd.grad(g[k].sum(), r, retain_graph=True)[0] for k in range(nf)]
+        return torch.stack(rows)
+    grad_rho = r[1:4].detach()
+    s = torch.linalg.vector_norm(grad_rho, dim=0)
+    nonzero = s > 0.0
+    s_safe = torch.where(nonzero, s, 1.0)
+    e_x = torch.tensor([1.0, 0.0, 0.0], dtype=r.dtype, device=r.device)[:, None]
+    u = torch.where(nonzero, grad_rho / s_safe, e_x)
+    zero = torch.zeros_like(r[:1])
+    one = torch.ones_like(zero)
+    dirs = [torch.cat([one, zero.expand(nf - 1, -1)]), torch.cat([zero, u, zero[: nf - 4]])]
+    if nf == 5:
+        dirs.append(torch.cat([zero.expand(4, -1), one]))
+    rows = [torch.autograd.grad(g, r, d, retain_graph=True)[0] for d in dirs]
+    a = (u * rows[1][1:4]).sum(0)
+    b = torch.where(nonzero, (g[1:4].detach() * u).sum(0) / s_safe, a)
+    hess = r.new_empty(nf, nf, r.shape[1])
+    for k, row in [(0, rows[0])] + ([(4, rows[2])] if nf == 5 else []):  # rho, tau: row, column
+        hess[k], hess[:, k] = row, row
+    # H_gg[i,j] = b delta_ij + (a - b) u_i u_j
+    hess[1:4, 1:4] = (a - b) * u[:, None] * u[None]
+    hess[1:4, 1:4] += torch.eye(3, dtype=r.dtype, device=r.device)[..., None] * b
+    return hess
+
+
 def _local_derivs(
     functional: XCFunctional,
     rho: torch.Tensor,
@@ -72,9 +118,7 @@ def _local_derivs(
             e = functional.energy_density(r) @ weights[a:b]
             (g,) = torch.autograd.grad(e.sum(), r, create_graph=hessian)
             if hess is not None:
-                for k in range(r.shape[-2]):
-                    (hk,) = torch.autograd.grad(g[k].sum(), r, retain_graph=True)
-                    hess[k, :, a:b] = hk
+                hess[..., a:b] = feature_hessian(functional, r, g)
         exc += e.detach()
         wv[..., a:b] = g.detach()
     return exc, wv, hess

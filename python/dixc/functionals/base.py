@@ -65,6 +65,10 @@ class XCFunctional(torch.nn.Module):
 
     xctype: str = "LDA"
     is_local: bool = True
+    #: e_xc depends on grad rho only through sigma = |grad rho|^2 (rotation invariance, true of
+    #: every semilocal functional dixc ships): the per-point Hessian then needs 2 (GGA) / 3 (MGGA)
+    #: backward passes instead of 4 / 5 (``dixc.xc.feature_hessian``). False: one per feature row.
+    rotation_invariant: bool = False
     #: registry name (set by ``dixc.functionals.register``); ``save`` writes it into the file.
     arch_name: str | None = None
     #: constructor arguments (defaults filled in) of the outermost ``__init__``, recorded

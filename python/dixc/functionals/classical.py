@@ -105,6 +105,7 @@ class SemilocalFunctional(XCFunctional):
 
     xctype = "LDA"
     is_local = True
+    rotation_invariant = True
     dens_threshold: float = 1e-15
     spin_screened: bool = False
 
@@ -201,6 +202,7 @@ class Mix(XCFunctional):
         self.parts = torch.nn.ModuleList([f for _, f in parts])
         self.xctype = max((f.xctype for f in self.parts), key=NFEAT.__getitem__)
         self.is_local = all(f.is_local for f in self.parts)
+        self.rotation_invariant = all(f.rotation_invariant for f in self.parts)
 
     def energy_density_ns(self, n: Tensor, sigma: Tensor | None = None) -> Tensor:
         """Sum of the parts' ``energy_density_ns`` (semilocal parts only).

@@ -36,6 +36,7 @@ class MLPmGGA(XCFunctional):
 
     xctype = "MGGA"
     is_local = True
+    rotation_invariant = True
 
     def __init__(
         self,

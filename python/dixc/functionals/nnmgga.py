@@ -203,6 +203,7 @@ class NNmGGA(XCFunctional):
 
     xctype = "MGGA"
     is_local = True
+    rotation_invariant = True
 
     def __init__(
         self,

@@ -70,6 +70,7 @@ class SkalaMGGA(XCFunctional):
 
     xctype = "MGGA"
     is_local = True
+    rotation_invariant = True
 
     def __init__(
         self,

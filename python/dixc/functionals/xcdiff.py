@@ -151,6 +151,7 @@ class XCdiff(XCFunctional):
 
     xctype = "MGGA"
     is_local = True
+    rotation_invariant = True
 
     def __init__(
         self,
