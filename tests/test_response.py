@@ -187,6 +187,11 @@ def test_xc_kernel_of_a_wide_network_in_cache_sized_chunks(monkeypatch):
     batch = k(d1)
     assert k._hess is not None
     assert rel(batch.numpy(), kn(d1).numpy()) < 1e-12
+    # a first batch of 3 builds the Hessian (3 passes for this meta-GGA), one of 2 does not
+    for nb, built in ((2, False), (3, True)):
+        k = XCKernel(ctx, f, dm0)
+        assert rel(k(d1[:nb]).numpy(), batch[:nb].numpy()) < 1e-12
+        assert (k._hess is not None) == built
 
 
 def test_hvp_is_differentiable_in_parameters():

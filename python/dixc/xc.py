@@ -42,6 +42,12 @@ def _graph_chunk(functional: XCFunctional, device: torch.device) -> int:
     return min(CHUNK_GRAPH, functional.chunk_points(device))
 
 
+def hessian_passes(functional: XCFunctional, nfeat: int) -> int:
+    """Backward passes :func:`feature_hessian` takes for ``nfeat`` feature rows (1, 2, 3 for a
+    rotation-invariant LDA, GGA, meta-GGA; ``nfeat`` otherwise)."""
+    return nfeat - 2 if functional.rotation_invariant and nfeat > 1 else nfeat
+
+
 def feature_hessian(functional: XCFunctional, r: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Per-point Hessian ``(nfeat, nfeat, npts)`` of a local functional, from its first derivative.
 
@@ -556,14 +562,16 @@ class XCKernel:
     def weights(self, rho1: torch.Tensor) -> torch.Tensor:
         """Second-order weights ``((B,) nfeat, ngrid)`` = (d^2 E_xc/d rho^2) rho1.
 
-        Local functionals: from the per-point feature Hessian (nfeat backward passes, built on
-        the first use with B >= nfeat or the second use, then cached), one einsum for any batch.
-        Otherwise (nonlocal, or a first small batch): one vector-Jacobian product per density.
+        Local functionals: from the per-point feature Hessian (``hessian_passes`` backward
+        passes, built on the first use with B at least that many or on the second use, then
+        cached), one einsum for any batch. Otherwise (nonlocal, or a first small batch): one
+        vector-Jacobian product per density.
         """
         batched = rho1.dim() == 3
         nb = rho1.shape[0] if batched else 1
         self._ncalls += 1
-        use_hess = self._hess is not None or self._ncalls > 1 or nb >= self.rho0.shape[-2]
+        passes = hessian_passes(self.functional, self.rho0.shape[-2])
+        use_hess = self._hess is not None or self._ncalls > 1 or nb >= passes
         if self.functional.is_local and use_hess:
             # w1[b,k,g] = sum_l H[k,l,g] rho1[b,l,g]
             return torch.einsum("klg,...lg->...kg", self._build_hessian(), rho1)
