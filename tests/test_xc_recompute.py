@@ -421,7 +421,7 @@ def test_nonlocal_seams_on_cuda_equal_cpu(monkeypatch):
 def test_chunk_points_follow_the_widest_layer():
     """Local functionals' point chunks on a CPU: 2^19 / (widest Linear layer), a power of two in
     [1024, 32768]; networks without Linear layers and every functional on CUDA: 32768. The local
-    CHUNK_GRAPH paths take the smaller of the two."""
+    CHUNK_GRAPH paths take the smaller of the two (``point_slices`` with that limit)."""
     cases = {
         ("mlp_mgga", 320): 1024,  # 1638 -> 1024
         ("mlp_mgga", 64): 8192,
@@ -436,7 +436,11 @@ def test_chunk_points_follow_the_widest_layer():
         f = F.create(name, **({} if hidden is None else {"hidden": hidden}))
         assert f.chunk_points() == want, (name, hidden)
         assert f.chunk_points(torch.device("cuda")) == 32768
-        assert xc._graph_chunk(f, torch.device("cpu")) == min(want, xc.CHUNK_GRAPH)
+        graph = min(want, xc.CHUNK_GRAPH)
+        got = f.point_slices(10 * graph + 3, "cpu", xc.CHUNK_GRAPH)
+        assert got == [
+            slice(a, min(a + graph, 10 * graph + 3)) for a in range(0, 10 * graph + 3, graph)
+        ]
 
 
 @pytest.mark.parametrize(

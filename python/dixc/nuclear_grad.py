@@ -334,10 +334,8 @@ def _autograd(y: torch.Tensor, x: torch.Tensor, create: bool) -> torch.Tensor:
 
 
 def _local_chunks(functional: XCFunctional, x: torch.Tensor) -> list[slice]:
-    """Slices of the points (last axis) of ``x``: at most ``_POINT_CHUNK``, fewer for wide networks
-    on a CPU (``functional.chunk_points``)."""
-    n, size = x.shape[-1], min(_POINT_CHUNK, functional.chunk_points(x.device))
-    return [slice(a, min(a + size, n)) for a in range(0, n, size)]
+    """Slices of the points (last axis) of ``x``, at most ``_POINT_CHUNK`` each."""
+    return functional.point_slices(x.shape[-1], x.device, _POINT_CHUNK)
 
 
 def _lagrangian_derivatives(

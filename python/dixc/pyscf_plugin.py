@@ -266,8 +266,8 @@ class TorchNumInt(numint.NumInt):
         Returns:
             exc ``(ngrid,)`` per particle; vxc ``(nfeat, ngrid)``, fxc ``(nfeat, nfeat, ngrid)``,
             kxc ``(nfeat, nfeat, nfeat, ngrid)``: derivatives of the energy density with respect
-            to the variables (autograd, in chunks of at most ``_POINT_CHUNK`` points, fewer
-            for wide networks: ``functional.chunk_points``; None above ``deriv``).
+            to the variables (autograd, in ``functional.point_slices`` of at most
+            ``_POINT_CHUNK`` points; None above ``deriv``).
         """
         f = self.functional
         if not f.is_local:
@@ -288,9 +288,7 @@ class TorchNumInt(numint.NumInt):
         nf, ng = r.shape
         e = r.new_empty(ng)
         out = [r.new_empty((nf,) * k + (ng,)) if k <= deriv else None for k in (1, 2, 3)]
-        chunk = min(_POINT_CHUNK, f.chunk_points(r.device))
-        for a in range(0, ng, chunk):
-            sl = slice(a, min(a + chunk, ng))
+        for sl in f.point_slices(ng, r.device, _POINT_CHUNK):
             e[sl], *parts = _pointwise_derivatives(f, r[:, sl], deriv)
             for o, p in zip(out, parts, strict=True):
                 if o is not None:

@@ -38,10 +38,6 @@ def _check_finite(value: torch.Tensor, what: str, ctx: MolContext) -> None:
 CHUNK_GRAPH = 4096
 
 
-def _graph_chunk(functional: XCFunctional, device: torch.device) -> int:
-    return min(CHUNK_GRAPH, functional.chunk_points(device))
-
-
 def hessian_passes(functional: XCFunctional, nfeat: int) -> int:
     """Backward passes :func:`feature_hessian` takes for ``nfeat`` feature rows (1, 2, 3 for a
     rotation-invariant LDA, GGA, meta-GGA; ``nfeat`` otherwise)."""
@@ -99,34 +95,32 @@ def _local_derivs(
     rho: torch.Tensor,
     weights: torch.Tensor,
     hessian: bool,
-    chunk: int | None = None,
+    graph_chunks: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """E_xc, dE/d rho and (optionally) the per-point Hessian of a local functional, chunked.
 
-    Memory is bounded by ``chunk`` points of the functional's autograd graph (default
-    ``functional.chunk_points``, at most ``CHUNK_GRAPH`` with the Hessian; a large MLP's
-    activations over a whole molecular grid would not fit). No graph is kept.
+    Memory is bounded by one chunk of the functional's autograd graph
+    (``functional.point_slices``; at most ``CHUNK_GRAPH`` points with the Hessian or
+    ``graph_chunks``, the chunks of the training Function; a large MLP's activations over a whole
+    molecular grid would not fit). No graph is kept.
 
     Returns:
         ``(exc ((B,)), wv (same shape as rho), hess (nfeat, nfeat, ngrid) or None)``.
     """
     ngrid = rho.shape[-1]
-    if chunk is None:
-        dev = rho.device
-        chunk = _graph_chunk(functional, dev) if hessian else functional.chunk_points(dev)
     exc = rho.new_zeros(rho.shape[:-2])
     wv = torch.empty_like(rho)
     hess = rho.new_empty(rho.shape[-2], rho.shape[-2], ngrid) if hessian else None
-    for a in range(0, ngrid, chunk):
-        b = min(a + chunk, ngrid)
+    limit = CHUNK_GRAPH if hessian or graph_chunks else None
+    for sl in functional.point_slices(ngrid, rho.device, limit):
         with torch.enable_grad():
-            r = rho[..., a:b].detach().requires_grad_(True)
-            e = functional.energy_density(r) @ weights[a:b]
+            r = rho[..., sl].detach().requires_grad_(True)
+            e = functional.energy_density(r) @ weights[sl]
             (g,) = torch.autograd.grad(e.sum(), r, create_graph=hessian)
             if hess is not None:
-                hess[..., a:b] = feature_hessian(functional, r, g)
+                hess[..., sl] = feature_hessian(functional, r, g)
         exc += e.detach()
-        wv[..., a:b] = g.detach()
+        wv[..., sl] = g.detach()
     return exc, wv, hess
 
 
@@ -150,8 +144,7 @@ class _LocalXCRecompute(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, functional, weights, hessian, rho, *params):
-        exc, wv, hess = _local_derivs(functional, rho, weights, hessian,
-                                      _graph_chunk(functional, rho.device))  # fmt: skip
+        exc, wv, hess = _local_derivs(functional, rho, weights, hessian, graph_chunks=True)
         ctx.functional, ctx.hessian = functional, hessian
         ctx.param_ids = tuple(id(p) for p in params)
         ctx.save_for_backward(rho, weights, *params)
@@ -165,23 +158,21 @@ class _LocalXCRecompute(torch.autograd.Function):
         need_rho = ctx.needs_input_grad[3]
         grho: list[torch.Tensor] = []
         gparams: list[torch.Tensor | None] = [None] * len(params)
-        ngrid, chunk = rho.shape[-1], _graph_chunk(ctx.functional, rho.device)
-        for a in range(0, ngrid, chunk):
-            b = min(a + chunk, ngrid)
+        for sl in ctx.functional.point_slices(rho.shape[-1], rho.device, CHUNK_GRAPH):
             with torch.enable_grad():
-                r = rho[..., a:b]
+                r = rho[..., sl]
                 if not (create and r.requires_grad):
                     r = r.detach().requires_grad_(True)
-                e = ctx.functional.energy_density(r) @ weights[a:b]
+                e = ctx.functional.energy_density(r) @ weights[sl]
                 (g,) = torch.autograd.grad(e.sum(), r, create_graph=True)
-                s = (gexc * e).sum() + (gwv[..., a:b] * g).sum()
+                s = (gexc * e).sum() + (gwv[..., sl] * g).sum()
                 if ctx.hessian:
                     for k in range(r.shape[-2]):
                         (hk,) = torch.autograd.grad(
                             g[k].sum(), r, create_graph=True, allow_unused=True
                         )
                         if hk is not None:
-                            s = s + (ghess[k, :, a:b] * hk).sum()
+                            s = s + (ghess[k, :, sl] * hk).sum()
                 grads = torch.autograd.grad(s, [r, *params], allow_unused=True, create_graph=create)
             if need_rho:
                 grho.append(grads[0])
@@ -585,16 +576,14 @@ class XCKernel:
         if self._chunked:  # one forward-over-backward per chunk, no graph kept
             w1 = torch.empty_like(r1)
             wts = self.ctx.grid.weights
-            chunk = self.functional.chunk_points(r1.device)
-            for a in range(0, r1.shape[-1], chunk):
-                b = min(a + chunk, r1.shape[-1])
+            for sl in self.functional.point_slices(r1.shape[-1], r1.device):
                 with torch.enable_grad():
-                    r = self.rho0[:, a:b].detach().requires_grad_(True)
-                    e = self.functional.energy_density(r) @ wts[a:b]
+                    r = self.rho0[:, sl].detach().requires_grad_(True)
+                    e = self.functional.energy_density(r) @ wts[sl]
                     (g,) = torch.autograd.grad(e, r, create_graph=True)
                     for i in range(nb):
-                        (wi,) = torch.autograd.grad(g, r, r1[i, :, a:b], retain_graph=True)
-                        w1[i, :, a:b] = wi
+                        (wi,) = torch.autograd.grad(g, r, r1[i, :, sl], retain_graph=True)
+                        w1[i, :, sl] = wi
             _check_finite(w1, "f_xc", self.ctx)
             return w1 if batched else w1[0]
         out = []

@@ -124,6 +124,15 @@ class XCFunctional(torch.nn.Module):
         chunk = 1 << max(0, (CACHE_POINTS_WIDTH // width).bit_length() - 1)
         return min(POINT_CHUNK_MAX, max(POINT_CHUNK_MIN, chunk))
 
+    def point_slices(
+        self, n: int, device: torch.device | str = "cpu", limit: int | None = None
+    ) -> list[slice]:
+        """Consecutive slices covering ``n`` grid points, ``chunk_points(device)`` at a time (at
+        most ``limit``, where the caller's autograd graph per point bounds the memory)."""
+        size = self.chunk_points(device)
+        size = size if limit is None else min(size, limit)
+        return [slice(a, min(a + size, n)) for a in range(0, n, size)]
+
     def energy_density(self, rho: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:
         """XC energy per volume e_xc = rho eps_xc.
 
